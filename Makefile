@@ -1,0 +1,44 @@
+# jaxlm: `make demo` and `make test` work on a fresh machine (they create .venv and install into it).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.13.0 is pinned for the optional `hf` extra so that pip takes the CPU build, not a multi-GB CUDA one.
+TORCH_CPU ?= torch==2.13.0
+CORE_STAMP := $(VENV)/.core-installed
+TEST_STAMP := $(VENV)/.test-installed
+PYTEST_ARGS ?=
+
+.PHONY: install install-test demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(CORE_STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(CORE_STAMP)
+	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
+	$(BIN)/python -m pip install --quiet -e '.[test,hf]'
+	touch $@
+
+install: $(CORE_STAMP)
+install-test: $(TEST_STAMP)
+
+# Pretrain the quickstart BERT (MLM + NSP) on the embedded corpus, offline, and print the summary.
+demo: install
+	$(BIN)/python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=runs/quickstart
+
+test: install-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Everything except the end-to-end runs marked `slow`.
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,13 @@
+"""Shared transformer building blocks (Flax Linen). Nothing here knows about objectives or files."""
+from jaxlm.layers.attention import MultiHeadAttention
+from jaxlm.layers.blocks import BlockConfig, TransformerBlock, TransformerStack, stack_layers, unstack_layers
+from jaxlm.layers.embeddings import Embed
+from jaxlm.layers.masks import make_attention_mask, make_causal_mask, combine_masks
+from jaxlm.layers.mlp import FeedForward
+from jaxlm.layers.norms import LayerNorm, RMSNorm
+
+__all__ = [
+    "BlockConfig", "Embed", "FeedForward", "LayerNorm", "MultiHeadAttention", "RMSNorm", "TransformerBlock",
+    "TransformerStack", "combine_masks", "make_attention_mask", "make_causal_mask", "stack_layers",
+    "unstack_layers",
+]
