@@ -12,6 +12,39 @@ import jax.numpy as jnp
 NEG_INF = -1e10  # finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN
 
 
+class HeadsProjection(nn.Module):
+    """[B,T,D] -> [B,T,H,K] (`to_heads`) or [B,T,H,K] -> [B,T,D], kernel stored in its natural 3-D shape.
+
+    (nn.DenseGeneral builds a flat 2-D kernel and re-runs logically-partitioned initialisers on it inside a
+    mesh, which fails for 3-D axis names; an explicit einsum keeps one named axis per dimension.)
+    """
+    num_heads: int
+    head_dim: int
+    features: int
+    to_heads: bool = True
+    use_bias: bool = True
+    init_stddev: float = 0.02
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.to_heads:
+            shape, axes = (self.features, self.num_heads, self.head_dim), ("embed", "heads", "kv")
+            bias_shape, bias_axes, equation = (self.num_heads, self.head_dim), ("heads", "kv"), "btd,dhk->bthk"
+        else:
+            shape, axes = (self.num_heads, self.head_dim, self.features), ("heads", "kv", "embed")
+            bias_shape, bias_axes, equation = (self.features,), ("embed",), "bthk,hkd->btd"
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_stddev), axes),
+                            shape, self.param_dtype)
+        y = jnp.einsum(equation, x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes), bias_shape,
+                              self.param_dtype)
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
 class MultiHeadAttention(nn.Module):
     num_heads: int
     head_dim: int
@@ -24,23 +57,18 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def _dense_in(self, name):
-        return nn.DenseGeneral(
-            (self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(self.init_stddev),
-                                                     ("embed", "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))
-
     @nn.compact
     def __call__(self, inputs_q_BxQxD, inputs_kv_BxKxD=None, *, mask=None, bias=None,
                  deterministic: bool = True, decode: bool = False):
         self_attention = inputs_kv_BxKxD is None
         inputs_kv_BxKxD = inputs_q_BxQxD if self_attention else inputs_kv_BxKxD
         features = inputs_q_BxQxD.shape[-1]
-        q_BxQxHxK = self._dense_in("query")(inputs_q_BxQxD)
-        k_BxKxHxK = self._dense_in("key")(inputs_kv_BxKxD)
-        v_BxKxHxK = self._dense_in("value")(inputs_kv_BxKxD)
+        project = lambda name, x: HeadsProjection(  # noqa: E731
+            self.num_heads, self.head_dim, features, use_bias=self.use_bias, init_stddev=self.init_stddev,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+        q_BxQxHxK = project("query", inputs_q_BxQxD)
+        k_BxKxHxK = project("key", inputs_kv_BxKxD)
+        v_BxKxHxK = project("value", inputs_kv_BxKxD)
         heads_axes = ("activation_batch", "activation_length", "activation_heads", "kv")
         q_BxQxHxK = nn.with_logical_constraint(q_BxQxHxK, heads_axes)
         k_BxKxHxK = nn.with_logical_constraint(k_BxKxHxK, heads_axes)
@@ -70,11 +98,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"attention_impl must be 'xla' or 'dot_product', got {self.attention_impl!r}")
 
         out_std = self.out_init_stddev if self.out_init_stddev is not None else self.init_stddev
-        return nn.DenseGeneral(
-            features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-            name="out",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(out_std), ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out_BxQxHxK)
+        return HeadsProjection(self.num_heads, self.head_dim, features, to_heads=False, use_bias=self.use_bias,
+                               init_stddev=out_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                               name="out")(out_BxQxHxK)
 
     def _update_cache(self, k_BxTxHxK, v_BxTxHxK, mask):
         """Writes this call's keys/values at `cache_index` and attends over the whole cache.
