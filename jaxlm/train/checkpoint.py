@@ -1,0 +1,244 @@
+"""Orbax checkpoints: the train state, the data iterator position and the run config.
+
+Layout (one directory per step, written atomically by Orbax: `<step>.orbax-checkpoint-tmp-*` and
+renamed when complete, so an interrupted save is never seen by `latest_step`):
+
+    workdir/checkpoints/<step>/state/        TrainState arrays (StandardSave, tensorstore/OCDBT)
+    workdir/checkpoints/<step>/data_iter/    process_<i>-of-<n>.json, one per process
+    workdir/checkpoints/<step>/config/       the run config as JSON
+    workdir/checkpoints/<step>/metrics/      eval metrics (only when best-by-metric is on)
+
+Restoring onto any mesh: the restore target is a tree of `jax.ShapeDtypeStruct` whose `.sharding` is
+the *new* mesh's sharding (`StateLayout.abstract`); Orbax reads each target shard from the stored
+array, whatever the mesh it was written from.
+
+The data iterator is stored by our own per-process handler rather than JsonSave (which writes on
+process 0 only, losing the other hosts' positions) or grain's handler (which accepts only grain's
+own iterator classes). Any iterator with `get_state()` / `set_state(state)` works; the state may be a
+JSON-able dict (grain DatasetIterator) or bytes (grain DataLoaderIterator).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers as pp
+
+from jaxlm.train.state import StateLayout
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-iterator item: one JSON file per process.
+
+def _iter_file(directory: epath.Path) -> epath.Path:
+    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+class DataIterHandler(ocp.CheckpointHandler):
+    """Saves `iterator.get_state()` per process; restores with `iterator.set_state(...)`."""
+
+    def save(self, directory: epath.Path, args: "DataIterSave"):
+        state = args.item.get_state()
+        if isinstance(state, bytes):
+            try:
+                record = {"format": "utf8", "state": state.decode("utf-8")}
+            except UnicodeDecodeError:
+                record = {"format": "base64", "state": base64.b64encode(state).decode("ascii")}
+        else:
+            record = {"format": "json", "state": state}
+        _iter_file(directory).write_text(json.dumps(record))
+
+    def restore(self, directory: epath.Path, args: "DataIterRestore"):
+        path = _iter_file(directory)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no data-iterator state for this process "
+                                    f"(was the checkpoint written with a different process count?)")
+        record = json.loads(path.read_text())
+        state = {"utf8": lambda s: s.encode("utf-8"), "base64": base64.b64decode,
+                 "json": lambda s: s}[record["format"]](record["state"])
+        args.item.set_state(state)
+        if hasattr(args.item, "start_prefetch"):  # grain iterators restart their prefetch
+            args.item.start_prefetch()
+        return args.item
+
+    def metadata(self, directory: epath.Path):
+        return None
+
+    def finalize(self, directory: epath.Path):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(DataIterHandler, for_save=True)
+@dataclasses.dataclass
+class DataIterSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataIterHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIterRestore(ocp.args.CheckpointArgs):
+    item: Any
+
+
+# ---------------------------------------------------------------------------------------------
+
+def make_checkpoint_manager(workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True,
+                            best_metric: str | None = None, best_mode: str = "min",
+                            keep_best: int = 1) -> ocp.CheckpointManager:
+    """CheckpointManager for workdir/checkpoints.
+
+    Keeps the last `max_to_keep` steps; with `best_metric` (a key of the metrics passed to
+    `save_checkpoint`) it also keeps the `keep_best` best ones, so resuming always finds the latest.
+    Stale tmp directories of killed saves are removed on creation.
+    """
+    if best_mode not in ("min", "max"):
+        raise ValueError(f"best_mode={best_mode!r}; expected 'min' or 'max'")
+    policies: list = [pp.LatestN(n=max_to_keep)]
+    best_fn = None
+    if best_metric is not None:
+        best_fn = lambda m: float(m[best_metric])  # noqa: E731
+        policies.append(pp.BestN(get_metric_fn=best_fn, reverse=(best_mode == "min"), n=keep_best,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save, best_fn=best_fn, best_mode=best_mode,
+        preservation_policy=pp.AnyPreservationPolicy(policies), cleanup_tmp_directories=True,
+        create=True)
+    return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options)
+
+
+def jsonable(config: Any) -> Any:
+    """ConfigDict / dataclass / dict -> plain JSON types (unknown objects become their repr)."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    return json.loads(json.dumps(config, default=repr))
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, *, data_iter: Any = None,
+                    config: Any = None, metrics: Mapping[str, float] | None = None) -> bool:
+    """Starts saving (async: returns once arrays are copied to host). Returns False if `step` exists."""
+    step = int(step)
+    if step in manager.all_steps():
+        return False
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None and hasattr(data_iter, "get_state"):
+        items["data_iter"] = DataIterSave(data_iter)
+    if config is not None:
+        items["config"] = ocp.args.JsonSave(jsonable(config))
+    if metrics is not None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def abstract_like(target: Any) -> Any:
+    """Restore target: StateLayout -> its abstract state; live arrays -> ShapeDtypeStruct + sharding."""
+    if isinstance(target, StateLayout):
+        return target.abstract
+
+    def one(x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree_util.tree_map(one, target)
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: Any
+    config: dict | None
+    data_iter_restored: bool
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, target: Any, *, step: int | None = None,
+                       data_iter: Any = None) -> Restored | None:
+    """Restores `step` (default latest) onto the shardings carried by `target`; None if no checkpoint.
+
+    `target`: StateLayout, an abstract state (ShapeDtypeStruct leaves with .sharding) or a live state.
+    If `data_iter` is given and the checkpoint holds its state, the iterator is moved there.
+    """
+    step = manager.latest_step() if step is None else int(step)
+    if step is None:
+        return None
+    step_dir = epath.Path(manager.directory) / str(step)
+    items = {"state": ocp.args.StandardRestore(abstract_like(target))}
+    has_iter = (step_dir / "data_iter").exists()
+    if data_iter is not None and has_iter:
+        items["data_iter"] = DataIterRestore(data_iter)
+    elif data_iter is not None:
+        log.warning("checkpoint %s has no data_iter item; the data iterator starts from the beginning", step_dir)
+    if (step_dir / "config").exists():
+        items["config"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return Restored(step=step, state=restored["state"], config=restored.get("config"),
+                    data_iter_restored=data_iter is not None and has_iter)
+
+
+def restore_latest(workdir_or_manager: str | ocp.CheckpointManager, target: Any, *,
+                   data_iter: Any = None) -> Restored | None:
+    """Latest complete checkpoint in workdir (or manager) restored onto `target`'s shardings."""
+    if isinstance(workdir_or_manager, ocp.CheckpointManager):
+        return restore_checkpoint(workdir_or_manager, target, data_iter=data_iter)
+    directory = epath.Path(workdir_or_manager) / CHECKPOINT_DIR
+    if not directory.exists():
+        return None
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        return restore_checkpoint(manager, target, data_iter=data_iter)
+
+
+def checkpoint_step_dir(workdir_or_step_dir: str, step: int | None = None) -> epath.Path:
+    """A run's workdir (latest or `step`), its checkpoints/ folder, or one step's folder -> the step folder."""
+    path = epath.Path(workdir_or_step_dir)
+    if (path / "state").exists():
+        return path
+    directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).exists() else path
+    if not directory.exists():
+        raise FileNotFoundError(f"no checkpoints under {workdir_or_step_dir}")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        step = manager.latest_step() if step is None else int(step)
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in {directory} "
+                                    f"(steps: {manager.all_steps()})")
+    return directory / str(step)
+
+
+def read_state(workdir_or_step_dir: str, step: int | None = None, *, sharding: Any = None) -> dict:
+    """The stored train state as a dict tree with no target needed, whatever mesh wrote it.
+
+    Every array lands on `sharding` (default: this process's first device), so a checkpoint written
+    on 8 devices or several hosts opens in a notebook on one CPU. Use `restore_checkpoint` with a
+    StateLayout to restore sharded onto a mesh instead.
+    """
+    step_dir = checkpoint_step_dir(workdir_or_step_dir, step)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(step_dir / "state").item_metadata
+        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                                        metadata)
+        return checkpointer.restore(step_dir / "state", target)
+
+
+def read_config(workdir_or_step_dir: str, step: int | None = None) -> dict | None:
+    """The run config saved beside a checkpoint (None if the checkpoint has none)."""
+    path = checkpoint_step_dir(workdir_or_step_dir, step) / "config"
+    if not path.exists():
+        return None
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(path)

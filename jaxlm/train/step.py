@@ -1,0 +1,176 @@
+"""One train-step builder for every objective, and the eval step.
+
+The objective enters only as `loss_fn(params, batch, rng) -> (loss, metrics)`, metrics being means
+over the batch. If `metrics['num_tokens']` is present (the loss's weight sum), microbatches are
+combined weighted by it: loss = sum_i loss_i * n_i / sum_i n_i and likewise for gradients and
+metrics, which equals the full-batch token mean even when microbatches hold different numbers of
+real tokens. Without it every microbatch weighs the same.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlm import sharding as shd
+from jaxlm.train.state import StateLayout, TrainState
+
+LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
+WEIGHT_KEY = "num_tokens"
+
+
+def _weight(metrics: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.asarray(metrics.get(WEIGHT_KEY, 1.0), jnp.float32)
+
+
+def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, i+2n, ...
+
+    Strided rather than contiguous, so each device's rows split evenly across microbatches and the
+    reshape needs no communication when the batch is sharded along B.
+    """
+    n = num_microbatches
+    mesh = jax.sharding.get_abstract_mesh()
+    out = {}
+    for key, x in batch.items():
+        if x.ndim == 0 or x.shape[0] % n:
+            raise ValueError(f"batch[{key!r}] has shape {x.shape}: its leading (batch) dimension must be "
+                             f"divisible by num_microbatches={n}")
+        x = jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1)
+        if not mesh.empty and all(a in mesh.shape for a in shd.BATCH_AXES):
+            if x.shape[1] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+                x = jax.lax.with_sharding_constraint(x, P(None, shd.BATCH_AXES))
+        out[key] = x
+    return out
+
+
+def _loss_and_grads(loss_fn: LossFn, params, batch, rng, num_microbatches: int):
+    """Weighted mean loss, grads and metrics over microbatches (lax.scan inside the jitted step)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if num_microbatches == 1:
+        (loss, metrics), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
+        metrics = dict(metrics)
+        metrics["loss"] = loss
+        return loss, grads, metrics
+
+    micro = split_microbatches(batch, num_microbatches)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    _, metrics_shape = jax.eval_shape(loss_fn, params, first, rng)
+    zero_metrics = {k: jnp.zeros((), jnp.float32) for k in metrics_shape}
+    zero_metrics["loss"] = jnp.zeros((), jnp.float32)
+    carry0 = (jax.tree_util.tree_map(jnp.zeros_like, params), zero_metrics, jnp.zeros((), jnp.float32))
+
+    def body(carry, xs):
+        grad_sum, metric_sums, weight_sum = carry
+        mb, i = xs
+        (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        w = _weight(metrics)
+        metrics = dict(metrics)
+        metrics["loss"] = loss
+        grad_sum = jax.tree_util.tree_map(lambda a, g: a + (g * w).astype(a.dtype), grad_sum, grads)
+        metric_sums = {k: metric_sums[k] + jnp.asarray(metrics[k], jnp.float32) * w for k in metric_sums}
+        return (grad_sum, metric_sums, weight_sum + w), None
+
+    (grad_sum, metric_sums, weight_sum), _ = jax.lax.scan(
+        body, carry0, (micro, jnp.arange(num_microbatches)))
+    denom = jnp.maximum(weight_sum, jnp.finfo(jnp.float32).tiny)
+    grads = jax.tree_util.tree_map(lambda g: (g / denom).astype(g.dtype), grad_sum)
+    metrics = {k: v / denom for k, v in metric_sums.items()}
+    if WEIGHT_KEY in metrics:
+        metrics[WEIGHT_KEY] = weight_sum
+    return metrics["loss"], grads, metrics
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                    num_microbatches: int = 1,
+                    learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+                    ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    """step(state, batch) -> (new_state, metrics): accumulate grads over microbatches, update once.
+
+    rng per step = fold_in(state.rng, state.step), per microbatch fold_in(step_rng, i). Metrics:
+    loss, the loss_fn's metrics (weighted means; num_tokens summed), grad_norm (before clipping),
+    learning_rate (if learning_rate_fn given), is_finite (loss and grad norm finite). The update is
+    applied even when not finite: the loop stops and never saves such a state.
+    """
+    if num_microbatches < 1:
+        raise ValueError(f"num_microbatches={num_microbatches} must be >= 1")
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        loss, grads, metrics = _loss_and_grads(loss_fn, state.params, batch, step_rng, num_microbatches)
+        grad_norm = optax.tree.norm(grads)
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+        metrics["grad_norm"] = grad_norm.astype(jnp.float32)
+        metrics["is_finite"] = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+        return state.apply_gradients(grads, optimizer), metrics
+
+    return step
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Mapping[str, jax.Array]], dict]:
+    """eval(params, batch) -> weighted metric *sums* plus 'weight', to be summed over batches and
+    divided once (`average_eval_metrics`). Pass a deterministic loss_fn (no dropout); rng is fixed."""
+
+    def evaluate(params, batch):
+        loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(0))
+        w = _weight(metrics)
+        sums = {k: jnp.asarray(v, jnp.float32) * w for k, v in metrics.items() if k != WEIGHT_KEY}
+        sums["loss"] = jnp.asarray(loss, jnp.float32) * w
+        sums["weight"] = w
+        return sums
+
+    return evaluate
+
+
+def average_eval_metrics(sums: Mapping[str, Any]) -> dict[str, float]:
+    """Summed eval outputs -> means, plus perplexity = exp(mean loss) and num_tokens (weight sum)."""
+    weight = float(sums["weight"])
+    if weight <= 0:
+        raise ValueError("evaluation saw no weighted tokens (weight sum is 0): is the eval set empty?")
+    out = {k: float(v) / weight for k, v in sums.items() if k != "weight"}
+    out["perplexity"] = float(jnp.exp(jnp.minimum(out["loss"], 80.0)))
+    out[WEIGHT_KEY] = weight
+    return out
+
+
+def _state_shardings(state_shardings: StateLayout | TrainState) -> TrainState:
+    return state_shardings.shardings if isinstance(state_shardings, StateLayout) else state_shardings
+
+
+def jit_train_step(step_fn, state_shardings: StateLayout | TrainState, batch_sharding: NamedSharding,
+                   mesh: Mesh, rules: Sequence = shd.DEFAULT_RULES, constrain_activations: bool = True):
+    """jax.jit with explicit shardings, the state donated, run inside the mesh + logical rules
+    (`constrain_activations=False`: rules only, see `sharding.mesh_context`).
+
+    Returns `run(state, batch) -> (state, metrics)`; `run.jitted` is the jitted function.
+    """
+    jitted = jax.jit(step_fn,
+                     in_shardings=(_state_shardings(state_shardings), batch_sharding),
+                     out_shardings=(_state_shardings(state_shardings), shd.replicated(mesh)),
+                     donate_argnums=0)
+
+    def run(state, batch):
+        with shd.mesh_context(mesh, rules, constrain_activations):
+            return jitted(state, batch)
+
+    run.jitted = jitted
+    return run
+
+
+def jit_eval_step(eval_fn, state_shardings: StateLayout | TrainState, batch_sharding: NamedSharding,
+                  mesh: Mesh, rules: Sequence = shd.DEFAULT_RULES, constrain_activations: bool = True):
+    """jax.jit of `make_eval_step(...)`: params keep their sharding, sums come back replicated."""
+    jitted = jax.jit(eval_fn, in_shardings=(_state_shardings(state_shardings).params, batch_sharding),
+                     out_shardings=shd.replicated(mesh))
+
+    def run(params, batch):
+        with shd.mesh_context(mesh, rules, constrain_activations):
+            return jitted(params, batch)
+
+    run.jitted = jitted
+    return run
