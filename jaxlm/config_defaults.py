@@ -1,0 +1,104 @@
+"""The one place that lists every pretraining config key and its default.
+
+Config files in configs/ start from `pretrain_config()` and override what their recipe changes. The returned
+ConfigDict is locked, so a misspelt key (in a file or on the command line) is an error naming the valid keys.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+# Keys of config.model other than `family` and `size` are passed to the model config dataclass as overrides
+# (see jaxlm.models.get_model_config); `vocab_size` comes from the tokenizer unless set here.
+MODEL_SELECTORS = ("family", "size")
+
+
+def pretrain_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.objective = "mlm_nsp"  # mlm | mlm_nsp | clm
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict(dict(
+        family="bert", size="tiny", dtype="float32", scan_layers=False, remat_policy="none",
+        attention_impl="xla"))
+
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="jaxlm_pydoc",  # jaxlm_pydoc (embedded, offline) | text_files | any prepared TFDS name (c4/en, ...)
+        text_files="",  # dataset=text_files: a path, glob or comma-separated list
+        document_separator="file",  # text_files: one document per 'file' or documents split by 'blank_line'
+        data_dir="",  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+        train_split="train",
+        eval_split="validation",
+        tokenizer="",  # a sentencepiece .model; '' = train one on the training split into WORKDIR/tokenizer
+        tokenizer_vocab_size=8000,
+        tokenizer_model_type="unigram",
+        seq_len=128,
+        max_predictions=20,  # MLM slots per row (BERT's max_predictions_per_seq)
+        mask_rate=0.15,
+        whole_word_masking=False,
+        worker_count=0,  # grain worker processes
+    ))
+
+    c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, z_loss=0.0, logits_chunk_size=0))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-4, warmup_steps=0, total_steps=-1,  # -1: train.num_steps
+        schedule="linear", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        max_grad_norm=1.0))
+
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=32,  # global batch, over all processes and devices
+        num_steps=1000,
+        num_microbatches=1,  # gradient accumulation inside the jitted step
+        log_every=50,
+        eval_every=500,
+        eval_batches=10,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        async_checkpointing=True,
+        cpu_peak_flops=0.0,  # fp32 FLOP/s of this CPU for MFU; 0 = measure a matmul at start-up
+        progress_bar=True,
+    ))
+
+    # Mesh axis sizes; -1 takes the remaining devices. (data, fsdp, tensor) as in DESIGN.md section 4.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    # jax.distributed: on Cloud TPU pods `initialize=True` with no addresses is enough (auto-detected).
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False, coordinator_address="", num_processes=0, process_id=-1))
+
+    c.lock()
+    return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Imports a config file (optionally `file.py:arg`, big_vision style) and calls its get_config()."""
+    path, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv, config_flag: str = "config") -> None:
+    """Fails early, naming the valid keys, when a `--config.some.key=value` override names no key.
+
+    (ml_collections' own message only suggests one spelling; researchers want the menu.)
+    """
+    prefix = f"--{config_flag}"
+    files = [a.split("=", 1)[1] for a in argv if a.startswith(prefix + "=")]
+    overrides = [a[len(prefix) + 1:].split("=", 1)[0] for a in argv if a.startswith(prefix + ".")]
+    if not files or not overrides:
+        return
+    config = load_config_file(files[-1])
+    for dotted in overrides:
+        node = config
+        for i, key in enumerate(dotted.split(".")):
+            if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+                where = ".".join(dotted.split(".")[:i]) or "<top level>"
+                valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise SystemExit(f"error: unknown config key {prefix}.{dotted}: {where} has no key {key!r}. "
+                                 f"Valid keys of {where}: {', '.join(valid)}")
+            node = node[key]

@@ -1,0 +1,194 @@
+"""Pretraining: `python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=DIR`.
+
+Override any key on the command line (`--config.train.num_steps=200`); a misspelt key is an error listing
+the valid ones. Re-running with the workdir of an earlier run resumes from its latest checkpoint, data
+iterator included. From a notebook: `jaxlm.pretrain.run(config, workdir)`.
+"""
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file (configs/pretrain/*.py).",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go (local or gs://).")
+
+
+def _data_dir(config):
+    return config.data.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def prepare_dataset(config):
+    """The dataset name the pipeline reads, preparing jaxlm's own builders first (offline)."""
+    from jaxlm import data
+
+    d = config.data
+    if d.dataset == "jaxlm_pydoc":
+        return data.prepare_pydoc(_data_dir(config)).name
+    if d.dataset == "text_files":
+        if not d.text_files:
+            raise ValueError("config.data.dataset='text_files' needs config.data.text_files (a path or glob)")
+        return data.prepare_text_files(d.text_files, _data_dir(config),
+                                       document_separator=d.document_separator).name
+    return d.dataset
+
+
+def load_or_train_tokenizer(config, workdir, dataset_name):
+    """config.data.tokenizer if given; else one trained on the training split, kept in the workdir so that a
+    resumed run tokenizes exactly as before."""
+    import jax
+
+    from jaxlm import data
+
+    if config.data.tokenizer:
+        return data.Tokenizer(config.data.tokenizer)
+    prefix = os.path.join(workdir, "tokenizer")
+    if os.path.exists(prefix + ".model"):
+        return data.Tokenizer(prefix + ".model")
+    if jax.process_count() > 1:
+        raise ValueError("multi-process runs need config.data.tokenizer (a .model file every host can read); "
+                         "train one first with `python -m jaxlm.tokenizer train ...`")
+    source = data.load_data_source(dataset_name, config.data.train_split, _data_dir(config))
+    texts = (bytes(r["text"]).decode("utf-8", "replace") if not isinstance(r["text"], str) else r["text"]
+             for r in (source[i] for i in range(len(source))))
+    logging.info("training a %d-piece %s tokenizer on %s", config.data.tokenizer_vocab_size,
+                 config.data.tokenizer_model_type, dataset_name)
+    return data.train_tokenizer(texts, prefix, config.data.tokenizer_vocab_size, config.data.tokenizer_model_type)
+
+
+def model_config_from(config, vocab_size):
+    from jaxlm.models import get_model_config
+
+    overrides = {k: v for k, v in config.model.items() if k not in ("family", "size")}
+    overrides.setdefault("vocab_size", vocab_size)
+    if overrides["vocab_size"] < vocab_size:
+        raise ValueError(f"config.model.vocab_size={overrides['vocab_size']} is smaller than the tokenizer's "
+                         f"vocabulary ({vocab_size})")
+    return get_model_config(config.model.family, config.model.size or None, **overrides)
+
+
+def dummy_inputs(objective, batch_size, seq_len, max_predictions):
+    import numpy as np
+
+    from jaxlm.data import empty_batch
+
+    batch = empty_batch(objective, batch_size, seq_len, max_predictions)
+    return {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions")}
+
+
+def non_embedding_params(params) -> int:
+    """Parameters that do matmul work per token (embedding tables are lookups; tied heads are counted by
+    the attention term's vocabulary? no: by the 6N rule the output projection is a matmul, so it is added)."""
+    import jax
+
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(k, "key", str(k)) for k in path]
+        if "embedding" in names and not any("word" in n or "token_embeddings" == n for n in names):
+            continue  # position / token-type tables: pure lookups
+        total += leaf.size
+    return total
+
+
+def run(config, workdir: str):
+    """Builds every piece from the config and trains; returns the run summary."""
+    import jax
+    import numpy as np
+
+    from jaxlm import data, sharding, train
+    from jaxlm.models import build_model
+    from jaxlm.objectives.pretraining import LossConfig, make_pretraining_loss
+
+    if config.distributed.initialize or config.distributed.coordinator_address:
+        d = config.distributed
+        sharding.maybe_initialize_distributed(
+            d.coordinator_address or None, d.num_processes or None, None if d.process_id < 0 else d.process_id)
+    os.makedirs(workdir, exist_ok=True)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    batch_size = config.train.batch_size
+    if batch_size % process_count:
+        raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the {process_count} processes")
+
+    dataset_name = prepare_dataset(config)
+    tokenizer = load_or_train_tokenizer(config, workdir, dataset_name)
+    model_config = model_config_from(config, tokenizer.vocab_size)
+    model = build_model(model_config)
+    mesh = sharding.make_mesh(**config.mesh)
+    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"config.train.batch_size={batch_size} is not divisible by the data x fsdp mesh axes "
+                         f"({mesh.shape['data']} x {mesh.shape['fsdp']})")
+    logging.info("model %s; mesh %s; %d process(es)", model_config, dict(mesh.shape), process_count)
+
+    opt_dict = config.optimizer.to_dict()
+    if opt_dict["total_steps"] < 0:
+        opt_dict["total_steps"] = config.train.num_steps
+    tx, schedule = train.make_optimizer(train.OptimizerConfig.from_dict(opt_dict))
+    seq_len, max_predictions = config.data.seq_len, config.data.max_predictions
+    dummy = dummy_inputs(config.objective, 1, seq_len, max_predictions)
+    state, layout = train.create_train_state(lambda rng: model.init(rng, **dummy), tx,
+                                             jax.random.key(config.seed), mesh)
+
+    loss_fn = make_pretraining_loss(config.objective, model, LossConfig(**config.loss))
+    train_step = train.jit_train_step(
+        train.make_train_step(loss_fn, tx, num_microbatches=config.train.num_microbatches,
+                              learning_rate_fn=schedule),
+        layout, sharding.batch_sharding(mesh), mesh)
+    eval_step = train.jit_eval_step(train.make_eval_step(lambda p, b, rng: loss_fn(p, b, None)),
+                                    layout, sharding.batch_sharding(mesh), mesh)
+
+    common = dict(tokenizer=tokenizer, objective=config.objective, seq_len=seq_len,
+                  batch_size=batch_size // process_count, data_dir=_data_dir(config),
+                  max_predictions=max_predictions, mask_rate=config.data.mask_rate,
+                  whole_word_masking=config.data.whole_word_masking, process_index=process_index,
+                  process_count=process_count)
+    train_iter = data.make_pretraining_iterator(dataset_name, split=config.data.train_split, seed=config.seed,
+                                                worker_count=config.data.worker_count, **common)
+    eval_iter_fn = None
+    if config.train.eval_every or config.train.eval_batches:
+        eval_iter_fn = lambda: data.make_eval_iterator(  # noqa: E731
+            dataset_name, split=config.data.eval_split, num_batches=config.train.eval_batches,
+            seed=config.seed, **common)
+
+    tokens_per_step = batch_size * seq_len
+    flops_per_token = train.transformer_train_flops_per_token(
+        non_embedding_params(state.params), model_config.num_layers, model_config.hidden_size, seq_len)
+    manager = train.make_checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                                            async_save=config.train.async_checkpointing)
+    saved_config = {**config.to_dict(), "model_config": dataclasses.asdict(model_config),
+                    "tokenizer_file": tokenizer.model_file if hasattr(tokenizer, "model_file") else None}
+    peak = None
+    if jax.local_devices()[0].platform == "cpu" and config.train.cpu_peak_flops:
+        peak = config.train.cpu_peak_flops / jax.local_device_count()
+    summary = train.train(
+        state=state, train_step=train_step, train_iter=train_iter, num_steps=config.train.num_steps,
+        workdir=workdir, mesh=mesh, checkpoint_manager=manager, checkpoint_every=config.train.checkpoint_every,
+        eval_step=eval_step, eval_iter_fn=eval_iter_fn, eval_every=config.train.eval_every,
+        log_every=config.train.log_every, flops_per_step=flops_per_token * tokens_per_step,
+        tokens_per_step=tokens_per_step, peak_flops_per_device=peak, config=saved_config,
+        progress=config.train.progress_bar)
+    manager.close()
+    del np
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
+    summary = run(_CONFIG.value, FLAGS.workdir)
+    if summary.get("status") != "completed":
+        logging.warning("run ended with status %s", summary.get("status"))
+    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, indent=1))
+
+
+if __name__ == "__main__":
+    from jaxlm.config_defaults import check_overrides
+
+    check_overrides(sys.argv)
+    flags.mark_flag_as_required("config")
+    app.run(main)

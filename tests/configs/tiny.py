@@ -1,0 +1,28 @@
+"""A seconds-long pretraining config for tests: `tests/configs/tiny.py:bert` or `:gpt2`."""
+from jaxlm.config_defaults import pretrain_config
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64)
+
+
+def get_config(family="gpt2"):
+    c = pretrain_config()
+    c.objective = {"bert": "mlm_nsp", "roberta": "mlm", "gpt2": "clm"}[family]
+    c.model.family = family
+    c.model.size = ""
+    with c.model.unlocked():
+        for k, v in TINY.items():
+            c.model[k] = v
+    c.data.tokenizer_vocab_size = 500
+    c.data.seq_len = 32
+    c.data.max_predictions = 5
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 2
+    c.train.batch_size = 16
+    c.train.num_steps = 20
+    c.train.log_every = 1
+    c.train.eval_every = 0
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 5
+    c.train.cpu_peak_flops = 1e11
+    c.train.progress_bar = False
+    return c
