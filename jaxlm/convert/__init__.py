@@ -1,0 +1,17 @@
+"""Hugging Face checkpoints in and out (BERT, RoBERTa, GPT-2), with numerical parity.
+
+    from jaxlm.convert import load_hf, save_hf
+    config, params, tokenizer = load_hf("path/to/hf_model_dir")        # numpy params, unrolled layout
+    save_hf(config, params, "path/to/out_dir")                         # config.json + model.safetensors
+
+Command line (writes / reads jaxlm workdirs, see `python -m jaxlm.convert --help`):
+
+    python -m jaxlm.convert from-hf --model_dir DIR --workdir OUT [--scan_layers]
+    python -m jaxlm.convert to-hf --workdir RUN [--step N] --out DIR
+"""
+from jaxlm.convert.hf import (ConversionReport, Imported, export_workdir, import_hf, load_hf, read_workdir,
+                              save_hf, write_workdir)
+from jaxlm.convert.tokenizers import HFTokenizer, load_tokenizer
+
+__all__ = ["ConversionReport", "HFTokenizer", "Imported", "export_workdir", "import_hf", "load_hf",
+           "load_tokenizer", "read_workdir", "save_hf", "write_workdir"]

@@ -1,0 +1,353 @@
+"""Hugging Face checkpoints in and out: BERT, RoBERTa and GPT-2.
+
+Import (`import_hf`, `load_hf`): config.json -> jaxlm config; every tensor is matched against the family's
+table (jaxlm.convert.hf_tables). Buffers and tied copies are ignored, known heads the jaxlm model lacks are
+reported unused, anything else is an error naming the tensors. jaxlm parameters the checkpoint lacks are an
+error for the backbone; heads (MLM, NSP, pooler) are initialised fresh and reported new.
+
+Export (`save_hf`): the same table backwards, writing config.json + model.safetensors. Tied copies are
+omitted, as transformers >= 5 does itself; from_pretrained re-ties them.
+
+Workdirs (`write_workdir`, `read_workdir`): the Orbax layout of jaxlm.train.checkpoint, so that fine-tuning
+and `to-hf` read an imported model and a pretraining run the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from jaxlm.convert import hf_io, hf_tables
+from jaxlm.convert.tokenizers import copy_tokenizer_files, load_tokenizer
+from jaxlm.layers import stack_layers, unstack_layers
+from jaxlm.models import build_model, get_model_config
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_SUBDIR = "tokenizer"
+CONFIG_FILE = "jaxlm_config.json"
+# Parameters the checkpoint may lack: initialised fresh and reported. Anything else missing is an error.
+HEAD_PARAMS = ("mlm_head/", "nsp_head/", "bert/pooler/")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What happened to each tensor. jaxlm paths are '/'-joined (unrolled layout); HF names as in the files."""
+    loaded: list[str]  # jaxlm params filled from the checkpoint
+    new: list[str]  # jaxlm params initialised fresh (heads absent from the checkpoint)
+    unused: list[str]  # checkpoint tensors the jaxlm model has no place for (e.g. RoBERTa's pooler)
+    ignored: list[str]  # buffers (position_ids, attn.bias) and tied copies (decoder.weight == embeddings)
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} jaxlm params; new {len(self.new)}; unused {len(self.unused)} "
+                 f"checkpoint tensors; ignored {len(self.ignored)} (buffers, tied copies)"]
+        if self.new:
+            lines.append("  new (initialised fresh): " + ", ".join(self.new))
+        if self.unused:
+            lines.append("  unused: " + ", ".join(self.unused))
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Imported:
+    family: str
+    config: object  # BertConfig | GPT2Config
+    params: dict
+    tokenizer: object | None
+    report: ConversionReport
+    hf_config: dict
+    files: list[str]
+
+
+def _shape_of(x) -> tuple:
+    return tuple(np.shape(x))
+
+
+def _abstract_params(config) -> dict:
+    """Flat {path: ShapeDtypeStruct} of the unrolled model, without allocating anything."""
+    model = build_model(dataclasses.replace(config, scan_layers=False))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_inputs(config)))["params"]
+    return flatten_dict(nn.unbox(boxed), sep="/")
+
+
+def _dummy_inputs(config):
+    length = max(1, min(8, config.max_position_embeddings - getattr(config, "position_offset", 0)))
+    return jnp.ones((1, length), jnp.int32)
+
+
+def _init_params(config, seed: int) -> dict:
+    model = build_model(dataclasses.replace(config, scan_layers=False))
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), _dummy_inputs(config))["params"])
+    return flatten_dict(jax.tree.map(np.asarray, params), sep="/")
+
+
+def canonical_name(name: str, table: hf_tables.Table) -> str:
+    """A tensor name as the table spells it: backbone prefix added where the file omits it (BertModel,
+    RobertaModel, GPT2Model and old GPT-2 files), TF-era LayerNorm.gamma/beta renamed to weight/bias."""
+    if name.endswith("LayerNorm.gamma"):
+        name = name[:-len("gamma")] + "weight"
+    elif name.endswith("LayerNorm.beta"):
+        name = name[:-len("beta")] + "bias"
+    if not name.startswith(table.prefix + ".") and not name.startswith(table.head_prefixes):
+        name = f"{table.prefix}.{name}"
+    return name
+
+
+def hf_to_jaxlm_params(tensors: dict, family: str, config, *, seed: int = 0, source: str = "checkpoint",
+                       ) -> tuple[dict, ConversionReport]:
+    """HF state dict (name -> numpy) -> unrolled jaxlm params (nested dict of float32 numpy) and the report."""
+    table = hf_tables.table_for(family, config)
+    d = hf_tables.dims(config)
+    named: dict[str, tuple[str, np.ndarray]] = {}  # canonical -> (original name, array)
+    for name, value in tensors.items():
+        canon = canonical_name(name, table)
+        if canon in named:
+            raise ValueError(f"{source}: tensors {named[canon][0]!r} and {name!r} are the same parameter")
+        named[canon] = (name, value)
+
+    ignored = []
+    for canon in list(named):
+        if any(p.search(canon) for p in hf_tables.IGNORED_BUFFERS):
+            ignored.append(named.pop(canon)[0])
+    for alias, target in table.tied.items():
+        if alias not in named:
+            continue
+        alias_name, alias_value = named.pop(alias)
+        if target not in named:  # only the tied copy was saved: it is the parameter
+            named[target] = (alias_name, alias_value)
+            continue
+        target_name, target_value = named[target]
+        if _shape_of(alias_value) != _shape_of(target_value) or not np.array_equal(alias_value, target_value):
+            raise ValueError(f"{source}: {alias_name!r} differs from {target_name!r}, but jaxlm ties them "
+                             "(an untied output layer is not supported)")
+        ignored.append(alias_name)
+    unused = [named.pop(n)[0] for n in table.droppable if n in named]
+
+    abstract = _abstract_params(config)
+    flat, missing = {}, []
+    for row in table.rows:
+        if row.hf not in named:
+            missing.append(row)
+            continue
+        name, value = named.pop(row.hf)
+        arrays = row.transform.to_jax(np.asarray(value), d)
+        for path, array in zip(row.jax, arrays):
+            expected = abstract[path].shape
+            if array.shape != expected:
+                raise ValueError(f"{source}: {name!r} {_shape_of(value)} gives jaxlm {path} shape {array.shape} "
+                                 f"(transform {row.transform.name}) but the model from config.json has {expected}")
+            flat[path] = np.asarray(array, dtype=np.float32)  # float16/bfloat16 -> float32 is exact
+    if named:
+        unexpected = sorted(original for original, _ in named.values())
+        raise ValueError(f"{source}: unexpected tensors not in the {family} table: {unexpected} (a different "
+                         "architecture, or a model class jaxlm does not import)")
+    bad_missing = [r.hf for r in missing if not any(p.startswith(HEAD_PARAMS) for p in r.jax)]
+    if bad_missing:
+        raise ValueError(f"{source}: missing tensors {bad_missing}")
+    new = sorted(p for r in missing for p in r.jax)
+    if new:
+        fresh = _init_params(config, seed)
+        flat.update({p: fresh[p] for p in new})
+    extra = sorted(set(abstract) - set(flat))
+    if extra:  # the table does not cover a jaxlm parameter: a bug in the table, not in the checkpoint
+        raise AssertionError(f"jaxlm params {extra} have no row in the {family} table")
+    report = ConversionReport(loaded=sorted(p for p in flat if p not in new), new=new, unused=unused,
+                              ignored=sorted(ignored))
+    return unflatten_dict(flat, sep="/"), report
+
+
+def jaxlm_to_hf_tensors(params: dict, family: str, config, dtype: str = "float32") -> tuple[dict, list[str]]:
+    """jaxlm params (either layout) -> HF tensors (canonical names, tied copies omitted) and the jaxlm params
+    the HF architecture has no place for (e.g. a pooler when exporting BERT without NSP as BertForMaskedLM)."""
+    params = jax.tree.map(np.asarray, params)
+    if _is_scanned(params):
+        params = unstack_layers(params, config.num_layers)
+    flat = flatten_dict(params, sep="/")
+    export_config = config
+    if family == "bert" and not config.nsp_head:
+        export_config = dataclasses.replace(config, pooler=False)  # BertForMaskedLM has no pooler
+    elif family == "roberta":
+        export_config = dataclasses.replace(config, pooler=False, nsp_head=False)  # RobertaForMaskedLM
+    table = hf_tables.table_for(family, export_config)
+    d = hf_tables.dims(config)
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None and dtype == "bfloat16":
+        import ml_dtypes
+
+        np_dtype = ml_dtypes.bfloat16
+    if np_dtype is None:
+        raise ValueError(f"dtype={dtype!r}; choose float32, bfloat16 or float16")
+    tensors, used = {}, set()
+    for row in table.rows:
+        missing = [p for p in row.jax if p not in flat]
+        if missing:
+            raise ValueError(f"jaxlm params {missing} (for HF {row.hf!r}) are not in the params")
+        tensors[row.hf] = np.ascontiguousarray(row.transform.to_hf([flat[p] for p in row.jax], d).astype(np_dtype))
+        used.update(row.jax)
+    return tensors, sorted(set(flat) - used)
+
+
+def _is_scanned(params: dict) -> bool:
+    """Scanned params have a `layers` entry (stacked); unrolled ones have `layers_0..N-1`."""
+    return any("/layers/" in path for path in flatten_dict(params, sep="/"))
+
+
+def make_config(family: str, fields: dict, *, scan_layers: bool = False):
+    return get_model_config(family, None, **{**fields, "scan_layers": scan_layers})
+
+
+def import_hf(model_dir: str, *, scan_layers: bool = False, seed: int = 0) -> Imported:
+    """Everything an import produces: family, config, params, tokenizer, report, config.json, files read."""
+    hf_config = hf_io.read_config(model_dir)
+    family, fields = hf_tables.jaxlm_fields_from_hf(hf_config)
+    config = make_config(family, fields)
+    tensors, files = hf_io.read_tensors(model_dir)
+    params, report = hf_to_jaxlm_params(tensors, family, config, seed=seed, source=model_dir)
+    if scan_layers:
+        config = dataclasses.replace(config, scan_layers=True)
+        params = stack_layers(params, config.num_layers)
+    if report.new:
+        log.warning("%s: heads absent from the checkpoint were initialised fresh (seed %d): %s",
+                    model_dir, seed, report.new)
+    return Imported(family, config, params, load_tokenizer(model_dir, family), report, hf_config, files)
+
+
+def load_hf(model_dir: str, *, scan_layers: bool = False, seed: int = 0):
+    """Notebook entry point: `config, params, tokenizer = load_hf(dir)`; params are float32 numpy in
+    jaxlm's unrolled layout (scanned with scan_layers=True); tokenizer is None if the directory has none."""
+    imported = import_hf(model_dir, scan_layers=scan_layers, seed=seed)
+    return imported.config, imported.params, imported.tokenizer
+
+
+def save_hf(config, params, out_dir: str, *, hf_config: dict | None = None, tokenizer_dir: str | None = None,
+            dtype: str = "float32", max_shard_bytes: int | None = None) -> dict:
+    """Writes config.json + model.safetensors (sharded above max_shard_bytes) for from_pretrained, and copies
+    the HF tokenizer files from `tokenizer_dir`. `hf_config`: the imported model's config.json, whose fields
+    jaxlm does not model are kept. Returns {'files', 'architecture', 'not_exported'}."""
+    family = config.family
+    tensors, not_exported = jaxlm_to_hf_tensors(params, family, config, dtype)
+    architecture = hf_tables.HF_ARCHITECTURE[family]
+    if family == "bert" and not config.nsp_head:
+        architecture = "BertForMaskedLM"
+    if not_exported:
+        log.warning("%s: jaxlm params with no place in %s, not exported: %s", out_dir, architecture, not_exported)
+    files = hf_io.write_safetensors(tensors, out_dir, max_shard_bytes)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_tables.hf_config_from_jaxlm(family, config, architecture, hf_config, dtype), f, indent=2,
+                  sort_keys=True)
+    files.append(os.path.join(out_dir, "config.json"))
+    if tokenizer_dir and os.path.isdir(tokenizer_dir):
+        files += [os.path.join(out_dir, n) for n in copy_tokenizer_files(tokenizer_dir, out_dir)]
+    return {"files": files, "architecture": architecture, "not_exported": not_exported}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workdirs
+
+def saved_config(imported: Imported, model_dir: str, tokenizer_files: list[str]) -> dict:
+    """The JSON stored beside the params: shaped like a pretraining run's saved config (config.model with
+    family/size, config.model_config), so the same readers work on both."""
+    fields = dataclasses.asdict(imported.config)
+    return {
+        "model": {"family": imported.family, "size": None, **fields},
+        "model_config": fields,
+        "hf_config": imported.hf_config,
+        "source": {"model_dir": os.path.abspath(model_dir), "files": [os.path.basename(f) for f in imported.files]},
+        "tokenizer_dir": TOKENIZER_SUBDIR if tokenizer_files else None,
+        "conversion": dataclasses.asdict(imported.report),
+    }
+
+
+def write_workdir(workdir: str, imported: Imported, model_dir: str) -> dict:
+    """workdir/checkpoints/0/{state,config} (Orbax), workdir/tokenizer/ (HF files), workdir/jaxlm_config.json.
+
+    state = TrainState(step=0, params, opt_state=None, rng=uint32[2] zeros): params only; a fine-tuning run
+    builds its own optimizer state.
+    """
+    from jaxlm.train.checkpoint import make_checkpoint_manager, save_checkpoint
+    from jaxlm.train.state import TrainState
+
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer_files = copy_tokenizer_files(model_dir, os.path.join(workdir, TOKENIZER_SUBDIR))
+    config_json = saved_config(imported, model_dir, tokenizer_files)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=imported.params, opt_state=None,
+                       rng=jnp.zeros((2,), jnp.uint32))
+    manager = make_checkpoint_manager(workdir, max_to_keep=None, async_save=False)
+    if not save_checkpoint(manager, 0, state, config=config_json):
+        manager.close()
+        raise FileExistsError(f"{workdir}: a checkpoint at step 0 exists already; use a fresh --workdir")
+    manager.wait_until_finished()
+    manager.close()
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        json.dump(config_json, f, indent=2)
+    return config_json
+
+
+def config_from_saved(saved: dict):
+    """(family, jaxlm config) from a saved config (an import's, or a pretraining run's)."""
+    model = saved.get("model") or {}
+    family = model.get("family")
+    if family is None:
+        raise ValueError("saved config has no model.family; is this a jaxlm workdir?")
+    fields = saved.get("model_config")
+    if fields is None:
+        fields = {k: v for k, v in model.items() if k not in ("family", "size")}
+        return family, get_model_config(family, model.get("size") or None, **fields)
+    return family, get_model_config(family, None, **fields)
+
+
+def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, dict, int]:
+    """(jaxlm config, params as numpy, saved config, step) from workdir/checkpoints; only the params are read
+    from the state (a pretraining checkpoint's optimizer state stays on disk)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    from jaxlm.train.checkpoint import CHECKPOINT_DIR
+
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory} not found: --workdir must hold a jaxlm run or import")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        steps = manager.all_steps()
+        step = manager.latest_step() if step is None else int(step)
+        if step is None or step not in steps:
+            raise ValueError(f"{directory}: no checkpoint at step {step}; steps present: {sorted(steps)}")
+        step_dir = directory / str(step)
+        if (step_dir / "config").exists():
+            saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        elif os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+            with open(os.path.join(workdir, CONFIG_FILE)) as f:
+                saved = json.load(f)
+        else:
+            raise FileNotFoundError(f"{step_dir}: no config item and no {CONFIG_FILE}; cannot rebuild the model")
+        family, config = config_from_saved(saved)
+        model = build_model(config)
+        abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_inputs(config)))["params"])
+        target = {"params": abstract}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))
+    return config, restored["state"]["params"], saved, step
+
+
+def export_workdir(workdir: str, out_dir: str, *, step: int | None = None, dtype: str = "float32",
+                   max_shard_bytes: int | None = None) -> dict:
+    """`to-hf`: the params at `step` (default latest) as an HF model directory."""
+    config, params, saved, step = read_workdir(workdir, step)
+    tokenizer_dir = os.path.join(workdir, saved.get("tokenizer_dir") or TOKENIZER_SUBDIR)
+    result = save_hf(config, params, out_dir, hf_config=saved.get("hf_config"), tokenizer_dir=tokenizer_dir,
+                     dtype=dtype, max_shard_bytes=max_shard_bytes)
+    result["step"] = step
+    if not os.path.isdir(tokenizer_dir):
+        result["tokenizer"] = None
+        log.warning("%s has no HF tokenizer files (%s); %s gets weights and config only", workdir, tokenizer_dir,
+                    out_dir)
+    return result

@@ -1,0 +1,319 @@
+"""Hugging Face <-> jaxlm: the parameter-name tables and the config translation, one section per family.
+
+A table row reads `HF tensor name -> (jaxlm parameter path(s), transform)`. HF names are the canonical names
+that transformers' `save_pretrained` writes for BertForPreTraining / RobertaForMaskedLM / GPT2LMHeadModel
+(backbone prefix included); `{i}` is the layer index. jaxlm paths are '/'-joined keys of the unrolled param
+tree (`layers_{i}`; the scanned layout is derived with `jaxlm.layers.stack_layers`).
+
+Shapes: torch `nn.Linear.weight` is [out, in], flax kernels are [in, out]; jaxlm attention kernels keep the
+heads axis apart ([D, H, K] in, [H, K, D] out). GPT-2's `Conv1D.weight` is already [in, out] and its
+`c_attn` holds query, key and value side by side ([D, 3D]).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import numpy as np
+
+from jaxlm.layers.mlp import ACTIVATIONS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transforms: HF tensor <-> one or more jaxlm arrays. `d` holds the dimensions: H heads, K head_dim.
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    name: str
+    to_jax: Callable[[np.ndarray, dict], list]  # one HF tensor -> [jaxlm array, ...]
+    to_hf: Callable[[list, dict], np.ndarray]  # [jaxlm array, ...] -> one HF tensor
+
+
+def _split3(x, axis):
+    return list(np.split(x, 3, axis=axis))
+
+
+COPY = Transform("copy", lambda x, d: [x], lambda xs, d: xs[0])
+# torch Linear [out, in] <-> flax Dense kernel [in, out]
+LINEAR = Transform("transpose", lambda x, d: [x.T], lambda xs, d: xs[0].T)
+# query/key/value Linear [H*K, D] <-> DenseGeneral kernel [D, H, K]
+HEADS_IN = Transform("transpose+split_heads", lambda x, d: [x.T.reshape(-1, d["H"], d["K"])],
+                     lambda xs, d: xs[0].reshape(xs[0].shape[0], -1).T)
+# query/key/value bias [H*K] <-> [H, K]
+HEADS_BIAS = Transform("split_heads", lambda x, d: [x.reshape(d["H"], d["K"])], lambda xs, d: xs[0].reshape(-1))
+# attention output Linear [D, H*K] <-> DenseGeneral kernel [H, K, D]
+HEADS_OUT = Transform("transpose+split_heads", lambda x, d: [x.T.reshape(d["H"], d["K"], -1)],
+                      lambda xs, d: xs[0].reshape(-1, xs[0].shape[-1]).T)
+# GPT-2 Conv1D attention output [H*K, D] <-> [H, K, D]
+CONV_HEADS_OUT = Transform("split_heads", lambda x, d: [x.reshape(d["H"], d["K"], -1)],
+                           lambda xs, d: xs[0].reshape(-1, xs[0].shape[-1]))
+# GPT-2 fused Conv1D c_attn [D, 3*H*K] <-> query, key, value kernels [D, H, K] each
+CONV_QKV = Transform("split_qkv+split_heads",
+                     lambda x, d: [q.reshape(-1, d["H"], d["K"]) for q in _split3(x, 1)],
+                     lambda xs, d: np.concatenate([q.reshape(q.shape[0], -1) for q in xs], axis=1))
+# GPT-2 fused c_attn bias [3*H*K] <-> query, key, value biases [H, K] each
+CONV_QKV_BIAS = Transform("split_qkv+split_heads",
+                          lambda x, d: [q.reshape(d["H"], d["K"]) for q in _split3(x, 0)],
+                          lambda xs, d: np.concatenate([q.reshape(-1) for q in xs]))
+
+
+def _norm(hf_prefix, jax_prefix):
+    return {f"{hf_prefix}.weight": (f"{jax_prefix}/scale", COPY), f"{hf_prefix}.bias": (f"{jax_prefix}/bias", COPY)}
+
+
+def _linear(hf_prefix, jax_prefix, weight=LINEAR):
+    return {f"{hf_prefix}.weight": (f"{jax_prefix}/kernel", weight), f"{hf_prefix}.bias": (f"{jax_prefix}/bias", COPY)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BERT and RoBERTa (same backbone; `{p}` is 'bert' or 'roberta').
+
+BERT_EMBEDDINGS = {
+    "{p}.embeddings.word_embeddings.weight": ("bert/word_embeddings/embedding", COPY),
+    "{p}.embeddings.position_embeddings.weight": ("bert/position_embeddings/embedding", COPY),
+    "{p}.embeddings.token_type_embeddings.weight": ("bert/token_type_embeddings/embedding", COPY),
+    **_norm("{p}.embeddings.LayerNorm", "bert/embeddings_norm"),
+}
+_Q, _L = "{p}.encoder.layer.{i}", "bert/encoder/layers_{i}"
+BERT_LAYER = {
+    f"{_Q}.attention.self.query.weight": (f"{_L}/attention/query/kernel", HEADS_IN),
+    f"{_Q}.attention.self.query.bias": (f"{_L}/attention/query/bias", HEADS_BIAS),
+    f"{_Q}.attention.self.key.weight": (f"{_L}/attention/key/kernel", HEADS_IN),
+    f"{_Q}.attention.self.key.bias": (f"{_L}/attention/key/bias", HEADS_BIAS),
+    f"{_Q}.attention.self.value.weight": (f"{_L}/attention/value/kernel", HEADS_IN),
+    f"{_Q}.attention.self.value.bias": (f"{_L}/attention/value/bias", HEADS_BIAS),
+    f"{_Q}.attention.output.dense.weight": (f"{_L}/attention/out/kernel", HEADS_OUT),
+    f"{_Q}.attention.output.dense.bias": (f"{_L}/attention/out/bias", COPY),
+    **_norm(f"{_Q}.attention.output.LayerNorm", f"{_L}/attention_norm"),
+    **_linear(f"{_Q}.intermediate.dense", f"{_L}/mlp/wi"),
+    **_linear(f"{_Q}.output.dense", f"{_L}/mlp/wo"),
+    **_norm(f"{_Q}.output.LayerNorm", f"{_L}/mlp_norm"),
+}
+BERT_POOLER = _linear("{p}.pooler.dense", "bert/pooler")
+BERT_MLM_HEAD = {
+    **_linear("cls.predictions.transform.dense", "mlm_head/transform"),
+    **_norm("cls.predictions.transform.LayerNorm", "mlm_head/transform_norm"),
+    "cls.predictions.bias": ("mlm_head/bias", COPY),
+}
+BERT_NSP_HEAD = _linear("cls.seq_relationship", "nsp_head")
+ROBERTA_MLM_HEAD = {
+    **_linear("lm_head.dense", "mlm_head/transform"),
+    **_norm("lm_head.layer_norm", "mlm_head/transform_norm"),
+    "lm_head.bias": ("mlm_head/bias", COPY),
+}
+# Tied copies: the alias holds the same tensor as its source (jaxlm computes the output projection with the
+# word embeddings, `Embed.attend`). transformers >= 5 omits them from the files it writes; older files have them.
+BERT_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+             "cls.predictions.decoder.bias": "cls.predictions.bias"}
+ROBERTA_TIED = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
+                "lm_head.decoder.bias": "lm_head.bias"}
+
+# ---------------------------------------------------------------------------------------------------------
+# GPT-2
+
+GPT2_EMBEDDINGS = {
+    "transformer.wte.weight": ("token_embeddings/embedding", COPY),
+    "transformer.wpe.weight": ("position_embeddings/embedding", COPY),
+    **_norm("transformer.ln_f", "final_norm"),
+}
+_H, _D = "transformer.h.{i}", "decoder/layers_{i}"
+GPT2_LAYER = {
+    **_norm(f"{_H}.ln_1", f"{_D}/attention_norm"),
+    f"{_H}.attn.c_attn.weight": ((f"{_D}/attention/query/kernel", f"{_D}/attention/key/kernel",
+                                  f"{_D}/attention/value/kernel"), CONV_QKV),
+    f"{_H}.attn.c_attn.bias": ((f"{_D}/attention/query/bias", f"{_D}/attention/key/bias",
+                                f"{_D}/attention/value/bias"), CONV_QKV_BIAS),
+    f"{_H}.attn.c_proj.weight": (f"{_D}/attention/out/kernel", CONV_HEADS_OUT),
+    f"{_H}.attn.c_proj.bias": (f"{_D}/attention/out/bias", COPY),
+    **_norm(f"{_H}.ln_2", f"{_D}/mlp_norm"),
+    **_linear(f"{_H}.mlp.c_fc", f"{_D}/mlp/wi", weight=COPY),  # Conv1D: already [in, out]
+    **_linear(f"{_H}.mlp.c_proj", f"{_D}/mlp/wo", weight=COPY),
+}
+GPT2_TIED = {"lm_head.weight": "transformer.wte.weight"}
+
+# Buffers some files carry; they are not parameters (causal-mask tables, position / token-type id ranges).
+IGNORED_BUFFERS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)token_type_ids$"),
+                   re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$"))
+
+BACKBONE_PREFIX = {"bert": "bert", "roberta": "roberta", "gpt2": "transformer"}
+HEAD_PREFIXES = {"bert": ("cls.",), "roberta": ("lm_head.",), "gpt2": ("lm_head.",)}
+# What `to-hf` writes, by family (BERT without its NSP head is written as BertForMaskedLM).
+HF_ARCHITECTURE = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    hf: str
+    jax: tuple[str, ...]
+    transform: Transform
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """The expanded table of one model: rows for the parameters it has, plus what the checkpoint may hold
+    that this model has no place for (`droppable`: known heads; reported as unused) and tied aliases."""
+    rows: tuple[Row, ...]
+    droppable: tuple[str, ...]
+    tied: dict
+    prefix: str
+    head_prefixes: tuple[str, ...]
+
+
+def _expand(entries: dict, num_layers: int | None = None, **names) -> list[Row]:
+    rows = []
+    for i in range(num_layers) if num_layers is not None else [None]:
+        fmt = dict(names, i=i)
+        for hf, (jax_paths, transform) in entries.items():
+            jax_paths = (jax_paths,) if isinstance(jax_paths, str) else jax_paths
+            rows.append(Row(hf.format(**fmt), tuple(p.format(**fmt) for p in jax_paths), transform))
+    return rows
+
+
+def table_for(family: str, config) -> Table:
+    """All rows for a jaxlm config; BERT/RoBERTa rows for the pooler and NSP head only where the config has them."""
+    if family in ("bert", "roberta"):
+        p = BACKBONE_PREFIX[family]
+        rows = _expand(BERT_EMBEDDINGS, p=p) + _expand(BERT_LAYER, config.num_layers, p=p)
+        rows += _expand(BERT_MLM_HEAD if family == "bert" else ROBERTA_MLM_HEAD)
+        droppable = []
+        for optional_rows, present in ((_expand(BERT_POOLER, p=p), config.pooler),
+                                       (_expand(BERT_NSP_HEAD), config.nsp_head)):
+            if present:
+                rows += optional_rows
+            else:
+                droppable += [r.hf for r in optional_rows]
+        tied = BERT_TIED if family == "bert" else ROBERTA_TIED
+    elif family == "gpt2":
+        p = BACKBONE_PREFIX[family]
+        rows = _expand(GPT2_EMBEDDINGS) + _expand(GPT2_LAYER, config.num_layers)
+        droppable, tied = [], GPT2_TIED
+    else:
+        raise ValueError(f"no Hugging Face table for family {family!r}; supported: {sorted(BACKBONE_PREFIX)}")
+    return Table(tuple(rows), tuple(droppable), dict(tied), p, HEAD_PREFIXES[family])
+
+
+def dims(config) -> dict:
+    return {"H": config.num_heads, "K": config.hidden_size // config.num_heads, "D": config.hidden_size}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs: HF config.json <-> jaxlm config dataclass fields.
+
+# HF `hidden_act` / `activation_function` -> jaxlm activation (jaxlm.layers.mlp.ACTIVATIONS).
+HF_TO_JAXLM_ACTIVATION = {
+    "gelu": "gelu", "gelu_python": "gelu",  # erf GELU
+    "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",  # tanh approximation
+    "relu": "relu", "silu": "silu", "swish": "silu", "linear": "linear",
+}
+JAXLM_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "gelu_pytorch_tanh",
+                          "relu": "relu", "silu": "silu", "linear": "linear"}
+MODEL_TYPE_TO_FAMILY = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2"}
+
+
+def _activation(hf_config: dict, key: str) -> str:
+    name = hf_config.get(key)
+    if not isinstance(name, str) or name not in HF_TO_JAXLM_ACTIVATION:
+        raise ValueError(f"config.json: {key}={name!r} has no jaxlm equivalent; supported: "
+                         f"{sorted(HF_TO_JAXLM_ACTIVATION)}")
+    act = HF_TO_JAXLM_ACTIVATION[name]
+    assert act in ACTIVATIONS, act
+    return act
+
+
+def _require(hf_config: dict, key: str, expected, why: str):
+    value = hf_config.get(key, expected)
+    if value != expected:
+        raise ValueError(f"config.json: {key}={value!r} is not supported ({why}); jaxlm needs {expected!r}")
+
+
+def family_of(hf_config: dict) -> str:
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_TYPE_TO_FAMILY:
+        arch = hf_config.get("architectures")
+        raise ValueError(f"config.json: model_type={model_type!r} (architectures={arch}) is not supported; "
+                         f"jaxlm imports {sorted(MODEL_TYPE_TO_FAMILY)}")
+    return MODEL_TYPE_TO_FAMILY[model_type]
+
+
+def jaxlm_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
+    """config.json -> (family, fields of BertConfig / GPT2Config). Features jaxlm lacks are errors."""
+    family = family_of(hf_config)
+    g = hf_config.get
+    if family in ("bert", "roberta"):
+        _require(hf_config, "position_embedding_type", "absolute", "relative position embeddings")
+        _require(hf_config, "is_decoder", False, "BERT as a decoder")
+        _require(hf_config, "add_cross_attention", False, "cross-attention")
+        pad = g("pad_token_id", 0 if family == "bert" else 1)
+        return family, dict(
+            vocab_size=g("vocab_size"), hidden_size=g("hidden_size"), num_layers=g("num_hidden_layers"),
+            num_heads=g("num_attention_heads"), intermediate_size=g("intermediate_size"),
+            max_position_embeddings=g("max_position_embeddings"), type_vocab_size=g("type_vocab_size", 2),
+            hidden_act=_activation(hf_config, "hidden_act"), hidden_dropout=g("hidden_dropout_prob", 0.1),
+            attention_dropout=g("attention_probs_dropout_prob", 0.1), layer_norm_eps=g("layer_norm_eps", 1e-12),
+            initializer_range=g("initializer_range", 0.02), pad_token_id=pad,
+            # RoBERTa numbers positions from padding_idx + 1 (fairseq's make_positions)
+            position_offset=pad + 1 if family == "roberta" else 0,
+            nsp_head=family == "bert", pooler=family == "bert")
+    _require(hf_config, "scale_attn_weights", True, "unscaled attention logits")
+    _require(hf_config, "scale_attn_by_inverse_layer_idx", False, "per-layer attention scaling")
+    _require(hf_config, "add_cross_attention", False, "cross-attention")
+    hidden = g("n_embd")
+    eos = g("eos_token_id", 50256)
+    return family, dict(
+        vocab_size=g("vocab_size"), hidden_size=hidden, num_layers=g("n_layer"), num_heads=g("n_head"),
+        intermediate_size=g("n_inner") or 4 * hidden, max_position_embeddings=g("n_positions"),
+        hidden_act=_activation(hf_config, "activation_function"), dropout=g("resid_pdrop", 0.1),
+        attention_dropout=g("attn_pdrop", 0.1), layer_norm_eps=g("layer_norm_epsilon", 1e-5),
+        initializer_range=g("initializer_range", 0.02),
+        # GPT-2 has no pad token; padding uses <|endoftext|> (masked out by segment ids anyway)
+        pad_token_id=g("pad_token_id") if g("pad_token_id") is not None else eos,
+        bos_token_id=g("bos_token_id", 50256), eos_token_id=eos)
+
+
+def hf_config_from_jaxlm(family: str, config, architecture: str, base: dict | None = None,
+                         dtype: str = "float32") -> dict:
+    """jaxlm config -> config.json. `base` (the imported model's config.json) keeps the fields jaxlm does not
+    model (token ids, tokenizer_class, ...); the architecture fields always come from `config`."""
+    out = dict(base or {})
+    act = JAXLM_TO_HF_ACTIVATION[config.hidden_act]
+    if family in ("bert", "roberta"):
+        if out.get("hidden_act") in HF_TO_JAXLM_ACTIVATION and HF_TO_JAXLM_ACTIVATION[out["hidden_act"]] == \
+                config.hidden_act:
+            act = out["hidden_act"]  # keep e.g. 'gelu_python' rather than renaming it
+        out.update(
+            model_type=family, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+            intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size, hidden_act=act, hidden_dropout_prob=config.hidden_dropout,
+            attention_probs_dropout_prob=config.attention_dropout, layer_norm_eps=config.layer_norm_eps,
+            initializer_range=config.initializer_range, pad_token_id=config.pad_token_id,
+            position_embedding_type="absolute", is_decoder=False, add_cross_attention=False)
+        if family == "roberta":
+            if config.position_offset != config.pad_token_id + 1:
+                raise ValueError(f"position_offset={config.position_offset} but pad_token_id="
+                                 f"{config.pad_token_id}: Hugging Face RoBERTa needs position_offset = "
+                                 "pad_token_id + 1")
+            out.setdefault("bos_token_id", 0)
+            out.setdefault("eos_token_id", 2)
+    else:
+        if out.get("activation_function") in HF_TO_JAXLM_ACTIVATION and \
+                HF_TO_JAXLM_ACTIVATION[out["activation_function"]] == config.hidden_act:
+            act = out["activation_function"]
+        out.update(
+            model_type="gpt2", vocab_size=config.vocab_size, n_embd=config.hidden_size, n_layer=config.num_layers,
+            n_head=config.num_heads, n_inner=config.intermediate_size, n_positions=config.max_position_embeddings,
+            activation_function=act, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+            attn_pdrop=config.attention_dropout, layer_norm_epsilon=config.layer_norm_eps,
+            initializer_range=config.initializer_range, bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+            add_cross_attention=False)
+        if base is None:
+            out["pad_token_id"] = config.pad_token_id
+        if base is not None and base.get("n_inner") is None and config.intermediate_size == 4 * config.hidden_size:
+            out["n_inner"] = None
+    out["architectures"] = [architecture]
+    out["tie_word_embeddings"] = True
+    out.pop("torch_dtype", None)
+    out["dtype"] = dtype
+    return out
