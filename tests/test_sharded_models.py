@@ -1,0 +1,80 @@
+"""The real models on a mesh: the same 20 steps on (1,1,1), (8,1,1), (2,2,2), (1,4,2) give the same losses,
+and the parameters are sharded as the logical-axis rules say."""
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxlm import sharding as shd
+from jaxlm.models import build_model, get_model_config
+from jaxlm.objectives import clm, mlm
+from jaxlm.objectives.pretraining import make_pretraining_loss
+from jaxlm.train import create_train_state, jit_train_step, make_train_step
+
+VOCAB, L, B = 128, 16, 8
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+            max_position_embeddings=32)
+MESHES = {"1x1x1": (1, 1, 1), "8x1x1": (8, 1, 1), "2x2x2": (2, 2, 2), "1x4x2": (1, 4, 2)}
+
+
+def batches(objective, n):
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        if objective == "clm":
+            docs = [rng.integers(10, VOCAB, k) for k in rng.integers(3, 20, 24)]
+            rows = clm.pack_documents(docs, L)[:B]
+            assert len(rows) == B
+            out.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+        else:
+            ids = rng.integers(10, VOCAB, (B, L))
+            ids[:, 0] = 4
+            out.append({**mlm.mask_batch(ids, rng, mask_id=6, vocab_size=VOCAB, special_ids=(0, 4, 5, 6),
+                                         max_predictions=3),
+                        "segment_ids": np.ones_like(ids), "token_types": (np.arange(L) >= L // 2) * np.ones_like(ids),
+                        "positions": np.broadcast_to(np.arange(L), ids.shape).copy(),
+                        "nsp_labels": rng.integers(0, 2, B)})
+    return out
+
+
+def run_steps(family, objective, mesh_shape, scan):
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    mesh = shd.make_mesh(*mesh_shape, devices=devices)
+    model = build_model(get_model_config(family, **TINY, scan_layers=scan))
+    tx = optax.adamw(3e-3, weight_decay=0.01)
+    data = batches(objective, 20)
+    state, layout = create_train_state(lambda rng: model.init(rng, data[0]["inputs"][:1]), tx, jax.random.key(0),
+                                       mesh)
+    step = jit_train_step(make_train_step(make_pretraining_loss(objective, model), tx), layout,
+                          shd.batch_sharding(mesh), mesh)
+    losses = []
+    for batch in data:
+        state, metrics = step(state, shd.host_local_to_global(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+@pytest.mark.parametrize("family,objective,scan", [("bert", "mlm_nsp", False), ("gpt2", "clm", True)])
+def test_meshes_give_the_same_losses_and_params_follow_the_rules(family, objective, scan):
+    _, reference = run_steps(family, objective, MESHES["1x1x1"], scan)
+    assert len(set(reference)) > 10  # 20 different batches, 20 different losses
+    for name in ("8x1x1", "2x2x2", "1x4x2"):
+        state, losses = run_steps(family, objective, MESHES[name], scan)
+        np.testing.assert_allclose(losses, reference, atol=1e-4, rtol=0, err_msg=name)
+        if family == "bert":
+            layer = state.params["bert"]["encoder"]["layers_0"]
+            embedding = state.params["bert"]["word_embeddings"]["embedding"]
+            lead = ()
+        else:
+            layer = state.params["decoder"]["layers"]
+            embedding = state.params["token_embeddings"]["embedding"]
+            lead = (None,)  # the scanned `layers` axis is never sharded
+        # Rules: embed -> fsdp; heads, mlp, vocab -> tensor; kv -> None.
+        assert layer["attention"]["query"]["kernel"].sharding.spec == P(*lead, "fsdp", "tensor")  # kv -> None (trailing Nones are dropped)
+        assert layer["attention"]["out"]["kernel"].sharding.spec == P(*lead, "tensor", None, "fsdp")
+        assert layer["mlp"]["wi"]["kernel"].sharding.spec == P(*lead, "fsdp", "tensor")
+        assert embedding.sharding.spec == P("tensor", "fsdp")
+        fsdp, tensor = MESHES[name][1], MESHES[name][2]
+        shard = layer["mlp"]["wi"]["kernel"].addressable_shards[0].data.shape
+        assert shard[-2:] == (32 // fsdp, 64 // tensor)
