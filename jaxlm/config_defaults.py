@@ -36,6 +36,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
         max_predictions=20,  # MLM slots per row (BERT's max_predictions_per_seq)
         mask_rate=0.15,
         whole_word_masking=False,
+        nsp_examples_per_document=1,  # mlm_nsp: sentence pairs drawn from each document per epoch
         worker_count=0,  # grain worker processes
     ))
 

@@ -5,7 +5,6 @@ the valid ones. Re-running with the workdir of an earlier run resumes from its l
 iterator included. From a notebook: `jaxlm.pretrain.run(config, workdir)`.
 """
 import dataclasses
-import json
 import os
 import sys
 
@@ -94,10 +93,22 @@ def non_embedding_params(params) -> int:
     return total
 
 
+def unigram_baseline_accuracy(batches) -> float | None:
+    """MLM accuracy of always predicting the most frequent masked token: the bar a model must clear."""
+    import numpy as np
+
+    counts = {}
+    for batch in batches:
+        targets = batch["masked_targets"][batch["masked_weights"] > 0]
+        for token, n in zip(*np.unique(targets, return_counts=True)):
+            counts[int(token)] = counts.get(int(token), 0) + int(n)
+    total = sum(counts.values())
+    return max(counts.values()) / total if total else None
+
+
 def run(config, workdir: str):
     """Builds every piece from the config and trains; returns the run summary."""
     import jax
-    import numpy as np
 
     from jaxlm import data, sharding, train
     from jaxlm.models import build_model
@@ -143,7 +154,8 @@ def run(config, workdir: str):
     common = dict(tokenizer=tokenizer, objective=config.objective, seq_len=seq_len,
                   batch_size=batch_size // process_count, data_dir=_data_dir(config),
                   max_predictions=max_predictions, mask_rate=config.data.mask_rate,
-                  whole_word_masking=config.data.whole_word_masking, process_index=process_index,
+                  whole_word_masking=config.data.whole_word_masking,
+                  nsp_examples_per_document=config.data.nsp_examples_per_document, process_index=process_index,
                   process_count=process_count)
     train_iter = data.make_pretraining_iterator(dataset_name, split=config.data.train_split, seed=config.seed,
                                                 worker_count=config.data.worker_count, **common)
@@ -152,6 +164,10 @@ def run(config, workdir: str):
         eval_iter_fn = lambda: data.make_eval_iterator(  # noqa: E731
             dataset_name, split=config.data.eval_split, num_batches=config.train.eval_batches,
             seed=config.seed, **common)
+
+    extra_summary = {}
+    if eval_iter_fn is not None and config.objective in ("mlm", "mlm_nsp"):
+        extra_summary["eval_mlm_unigram_baseline_accuracy"] = unigram_baseline_accuracy(eval_iter_fn())
 
     tokens_per_step = batch_size * seq_len
     flops_per_token = train.transformer_train_flops_per_token(
@@ -169,9 +185,8 @@ def run(config, workdir: str):
         eval_step=eval_step, eval_iter_fn=eval_iter_fn, eval_every=config.train.eval_every,
         log_every=config.train.log_every, flops_per_step=flops_per_token * tokens_per_step,
         tokens_per_step=tokens_per_step, peak_flops_per_device=peak, config=saved_config,
-        progress=config.train.progress_bar)
+        progress=config.train.progress_bar, extra_summary=extra_summary)
     manager.close()
-    del np
     return summary
 
 
@@ -183,7 +198,10 @@ def main(argv):
     summary = run(_CONFIG.value, FLAGS.workdir)
     if summary.get("status") != "completed":
         logging.warning("run ended with status %s", summary.get("status"))
-    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}, indent=1))
+    if not _CONFIG.value.train.progress_bar:  # with the bar on, the loop already printed the summary table
+        from jaxlm.train.metrics import format_summary
+
+        print(format_summary({k: v for k, v in summary.items() if k != "state"}))
 
 
 if __name__ == "__main__":

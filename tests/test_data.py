@@ -347,3 +347,20 @@ def test_pipeline_errors_name_the_argument(tok, pydoc, data_dir):
         _iterator(tok, data_dir, "clm", process_index=2, process_count=2)
     with pytest.raises(DataNotPreparedError, match="no split 'nope'|nope"):
         _iterator(tok, data_dir, "clm", split="nope")
+
+
+def test_nsp_examples_per_document_multiplies_an_epoch(tok, pydoc, data_dir):
+    """k pairs per document per epoch, each with its own A chunk and label, drawn from that document."""
+    def epoch(k):
+        it = make_pretraining_iterator(pydoc.name, tokenizer=tok, objective="mlm_nsp", seq_len=SEQ_LEN,
+                                       batch_size=1, split="validation", data_dir=data_dir, shuffle=False,
+                                       num_epochs=1, drop_remainder=False, nsp_examples_per_document=k)
+        return [b for b in it if b["segment_ids"].any()]
+
+    one, three = epoch(1), epoch(3)
+    assert len(three) == 3 * len(one) > 0
+    labels = [int(b["nsp_labels"][0]) for b in three]
+    assert 0 < sum(labels) < len(labels)
+    for i in range(len(one)):  # the 3 copies of document i differ (A chunk, label or mask)
+        rows = [three[3 * i + j]["inputs"][0].tobytes() for j in range(3)]
+        assert len(set(rows)) > 1

@@ -12,16 +12,17 @@ def get_config():
     c.model.family = "bert"
     c.model.size = "mini"
     c.data.dataset = "jaxlm_pydoc"
-    c.data.tokenizer_vocab_size = 4000
+    c.data.tokenizer_vocab_size = 2000
     c.data.seq_len = 128
     c.data.max_predictions = 20
+    c.data.nsp_examples_per_document = 8  # ~800 tokens per manual section: several pairs from each
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 100
+    c.optimizer.warmup_steps = 60
     c.optimizer.weight_decay = 0.01
     c.train.batch_size = 32
-    c.train.num_steps = 1000
+    c.train.num_steps = 600
     c.train.log_every = 50
-    c.train.eval_every = 250
+    c.train.eval_every = 200
     c.train.eval_batches = 8
-    c.train.checkpoint_every = 250
+    c.train.checkpoint_every = 200
     return c

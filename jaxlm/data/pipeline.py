@@ -276,10 +276,12 @@ class _NspExample:
     documents: TokenizedDocuments
     seq_len: int
     masker: _Masker
+    examples_per_document: int = 1
 
-    def __call__(self, doc_index, rng: np.random.Generator):
+    def __call__(self, example_index, rng: np.random.Generator):
         from jaxlm.objectives import nsp
 
+        doc_index = int(example_index) // self.examples_per_document
         tok, stats = self.masker.tokenizer, self.documents.stats
         if not self.documents.sentences(doc_index):
             if stats is not None:
@@ -342,6 +344,7 @@ def make_pretraining_dataset(
     max_predictions: int | None = None,
     mask_rate: float = 0.15,
     whole_word_masking: bool = False,
+    nsp_examples_per_document: int = 1,
     seed: int = 0,
     shuffle: bool = True,
     num_epochs: int | None = None,
@@ -360,6 +363,9 @@ def make_pretraining_dataset(
     process_index/process_count: this process reads documents i with i % count == index of the
       (globally shuffled) epoch order, so processes never read the same document in an epoch.
     worker_count: grain worker processes (0 = in-process); resume needs the same value.
+    nsp_examples_per_document: mlm_nsp makes this many pairs per document per epoch (each with its own
+      random A chunk, label and mask; BERT's create_instances_from_document walks a document in
+      several chunks for the same reason); keeps small corpora from being one batch per epoch.
     stats: counts documents / empty / invalid UTF-8 / long-split as the pipeline reads them
       (in-process only: with worker_count > 0 the counting happens in the workers).
     """
@@ -387,9 +393,12 @@ def make_pretraining_dataset(
 
     if objective == "mlm_nsp":
         documents = TokenizedDocuments(src, tokenizer, text_key, stats)
-        ds = front(grain.MapDataset.range(len(src)))
+        if nsp_examples_per_document < 1:
+            raise ValueError(f"pipeline: nsp_examples_per_document={nsp_examples_per_document} must be >= 1")
+        ds = front(grain.MapDataset.range(len(src) * nsp_examples_per_document))
         # Before the process slice: the rng is keyed by the *global* example index.
-        ds = ds.random_map(_NspExample(documents, seq_len, masker), seed=derive_seed(seed, _SALT_NSP))
+        ds = ds.random_map(_NspExample(documents, seq_len, masker, nsp_examples_per_document),
+                           seed=derive_seed(seed, _SALT_NSP))
         it = shard(ds).to_iter_dataset(read_options)
     else:
         ds = shard(front(grain.MapDataset.source(src)))

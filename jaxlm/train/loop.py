@@ -108,6 +108,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
           log_every: int = 50, flops_per_step: float | None = None, tokens_per_step: int | None = None,
           peak_flops_per_device: float | None = None, config: Any = None,
           progress: bool = True, tensorboard: bool = True, handle_sigterm: bool = True,
+          extra_summary: Mapping[str, Any] | None = None,
           ) -> dict[str, Any]:
     """Trains until `state.step == num_steps`; returns the run summary (also in workdir/summary.json).
 
@@ -121,6 +122,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
       final step is always logged, evaluated (if an eval set is given) and checkpointed.
     flops_per_step / tokens_per_step: for tokens/s, TFLOP/s and MFU (per-step totals over all devices).
     peak_flops_per_device: default: table by device kind (measured matmul peak on CPU).
+    extra_summary: more entries for the summary (e.g. a baseline to read the final eval against).
 
     Summary 'status': 'completed', 'preempted' (SIGTERM: checkpoint saved at 'final_step') or
     'data_exhausted'. A non-finite loss raises NonFiniteLossError instead. The returned dict also
@@ -275,6 +277,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
         "final_train_loss": last_train.get("loss"),
         "checkpoint_step": saved_step,
         "final_eval": last_eval,
+        **(extra_summary or {}),
     }
     if is_main:
         mx.write_summary(workdir, summary, echo=progress)
