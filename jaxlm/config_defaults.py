@@ -59,6 +59,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
         async_checkpointing=True,
         cpu_peak_flops=0.0,  # fp32 FLOP/s of this CPU for MFU; 0 = measure a matmul at start-up
         progress_bar=True,
+        # Start a new run from another run's latest state (params, optimizer, step), not its data position:
+        # BERT's second phase (512 tokens) continues the first (128 tokens) this way. Ignored on resume.
+        init_from="",
     ))
 
     # Mesh axis sizes; -1 takes the remaining devices. (data, fsdp, tensor) as in DESIGN.md section 4.

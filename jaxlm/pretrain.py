@@ -143,6 +143,16 @@ def run(config, workdir: str):
     state, layout = train.create_train_state(lambda rng: model.init(rng, **dummy), tx,
                                              jax.random.key(config.seed), mesh)
 
+    manager = train.make_checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                                            async_save=config.train.async_checkpointing)
+    if config.train.init_from and manager.latest_step() is None:
+        restored = train.restore_latest(config.train.init_from, layout)  # onto this run's mesh
+        if restored is None:
+            raise FileNotFoundError(f"config.train.init_from={config.train.init_from!r} has no checkpoint")
+        logging.info("starting from %s step %d (its data position is not used)", config.train.init_from,
+                     restored.step)
+        state = restored.state
+
     loss_fn = make_pretraining_loss(config.objective, model, LossConfig(**config.loss))
     train_step = train.jit_train_step(
         train.make_train_step(loss_fn, tx, num_microbatches=config.train.num_microbatches,
@@ -172,8 +182,6 @@ def run(config, workdir: str):
     tokens_per_step = batch_size * seq_len
     flops_per_token = train.transformer_train_flops_per_token(
         non_embedding_params(state.params), model_config.num_layers, model_config.hidden_size, seq_len)
-    manager = train.make_checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
-                                            async_save=config.train.async_checkpointing)
     saved_config = {**config.to_dict(), "model_config": dataclasses.asdict(model_config),
                     "tokenizer_file": tokenizer.model_file if hasattr(tokenizer, "model_file") else None}
     peak = None

@@ -162,3 +162,20 @@ def test_misspelt_config_key_lists_valid_keys(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "num_stepz" in proc.stderr and "num_steps" in proc.stderr and "batch_size" in proc.stderr
+
+
+@pytest.mark.slow
+def test_init_from_continues_another_runs_state_with_new_data_settings(tmp_path, tokenizer_file):
+    """BERT's second phase: a new run (longer sequences) starts from the first run's step and parameters."""
+    data_dir, tok = tokenizer_file
+    first, second = tmp_path / "phase1", tmp_path / "phase2"
+    run(pretrain_cmd(first, data_dir, TINY + ":gpt2", f"--config.data.tokenizer={tok}",
+                     "--config.train.num_steps=10", "--config.optimizer.total_steps=16"))
+    run(pretrain_cmd(second, data_dir, TINY + ":gpt2", f"--config.data.tokenizer={tok}",
+                     "--config.train.num_steps=16", "--config.optimizer.total_steps=16",
+                     "--config.data.seq_len=48", f"--config.train.init_from={first}"))
+    assert sorted(train_losses(second)) == list(range(11, 17))
+    step, params = final_params(second)
+    _, start = final_params(first)
+    assert step == 16
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
