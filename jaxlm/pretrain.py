@@ -203,6 +203,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
+    from jaxlm.cli import quiet_library_logs
+
+    quiet_library_logs()
     summary = run(_CONFIG.value, FLAGS.workdir)
     if summary.get("status") != "completed":
         logging.warning("run ended with status %s", summary.get("status"))
