@@ -46,7 +46,8 @@ def make_mlm_loss(model, *, with_nsp: bool, config: LossConfig = LossConfig()) -
         metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "mlm_perplexity": jnp.exp(mlm_loss),
                    "num_tokens": num_masked}
         if with_nsp:
-            nsp_weights = (batch["segment_ids"][:, 0] > 0).astype(jnp.float32)  # eval padding rows: 0
+            real_rows = batch["segment_ids"][:, 0] > 0 if "segment_ids" in batch else batch["inputs"][:, 0] >= 0
+            nsp_weights = real_rows.astype(jnp.float32)  # all-padding rows (eval's last batch) count 0
             nsp_loss, _, nsp_acc, _ = _ce_mean(out["nsp_logits"], batch["nsp_labels"], nsp_weights,
                                                LossConfig())
             loss = loss + nsp_loss
