@@ -144,3 +144,14 @@ def test_cli_trains_from_files_and_prints_specials(tmp_path, capsys):
     assert Tokenizer(str(out) + ".model").vocab_size == 256
     assert tokenizer_cli.main(["info", str(out) + ".model"]) == 0
     assert "vocab_size=256" in capsys.readouterr().out
+
+
+def test_encode_with_offsets_gives_character_spans(unigram):
+    tok = unigram
+    text = "Café déjà vu: the naïve coöperation of Python's dict."
+    ids, spans = tok.encode_with_offsets(text)
+    assert ids == tok.encode(text)
+    assert all(0 <= a <= b <= len(text) for a, b in spans)
+    assert [a for a, _ in spans] == sorted(a for a, _ in spans)
+    pieces = "".join(text[a:b] for a, b in spans)
+    assert pieces.replace(" ", "") == text.replace(" ", "")  # every character covered once, in order

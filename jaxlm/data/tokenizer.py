@@ -167,6 +167,21 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts))
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and each token's (start, end) character span in `text` (QA maps answers back with these).
+
+        sentencepiece reports UTF-8 byte offsets; they are converted to character offsets. Pieces that
+        normalisation invents (NFKC 'ﬁ' -> 'f' 'i') may have empty spans.
+        """
+        proto = self._sp.encode_as_proto(text) if hasattr(self._sp, "encode_as_proto") else \
+            self._sp.encode_as_immutable_proto(text)
+        ids = [p.id for p in proto.pieces]
+        if len(text.encode("utf-8")) == len(text):  # ASCII: bytes are characters
+            return ids, [(p.begin, p.end) for p in proto.pieces]
+        lengths = np.fromiter((len(ch.encode("utf-8")) for ch in text), dtype=np.int64, count=len(text))
+        to_char = np.append(np.repeat(np.arange(len(text), dtype=np.int64), lengths), len(text))
+        return ids, [(int(to_char[p.begin]), int(to_char[p.end])) for p in proto.pieces]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 

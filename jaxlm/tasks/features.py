@@ -1,0 +1,356 @@
+"""Examples -> fixed-shape numpy features, and batches of them.
+
+A feature set is a dict of numpy arrays that share the leading dimension N (one row per model input; a QA
+example or a long sentence can give several rows). Every set has the spec's model inputs and bookkeeping:
+
+    inputs, segment_ids, positions, token_types   [N, L] int32  (segment_ids: 1 on real tokens, 0 on padding)
+    example_index                                  [N]    int32  (which example the row came from)
+    example_weights                                [N]    float32 (1; 0 on the padding rows iterate_batches adds)
+
+plus the task's targets:
+
+    classification:        labels [N] int32           regression: labels [N] float32
+    token classification:  labels, label_weights, word_ids [N, L] (word_ids: -1 on special tokens and padding)
+    extractive QA:         start_positions, end_positions [N] int32 (0 = the first token when the answer is not in
+                           the window), token_offsets [N, L, 2] int32 (character span of each context token in
+                           the context, -1 elsewhere), max_context [N, L] bool (the window where the token has the
+                           most context on both sides: the one whose prediction counts, as in BERT's run_squad)
+
+`style` says how special tokens wrap the texts (the backbone's convention):
+
+    bert     [CLS] a [SEP] b [SEP]       token_types 0 for a, 1 for b
+    roberta  <s> a </s> </s> b </s>      token_types all 0
+    gpt2     a <eos> b                   no [CLS]; token_types all 0 (classification heads read the last token)
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from jaxlm.tasks.readers import QAExample, TextExample, TokenExample
+
+STYLES = ("bert", "roberta", "gpt2")
+MODEL_INPUT_KEYS = ("inputs", "segment_ids", "positions", "token_types")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Special tokens and encoding with character offsets
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLayout:
+    """Special-token ids around text a and (optional) text b."""
+    prefix: tuple[int, ...]  # before a
+    a_suffix: tuple[int, ...]  # after a
+    b_prefix: tuple[int, ...]  # before b (pairs only)
+    b_suffix: tuple[int, ...]  # after b
+    b_token_type: int
+    pad_id: int
+
+    def num_specials(self, pair: bool) -> int:
+        n = len(self.prefix) + len(self.a_suffix)
+        return n + len(self.b_prefix) + len(self.b_suffix) if pair else n
+
+
+def _optional_id(tokenizer, name: str) -> int | None:
+    try:
+        return getattr(tokenizer, f"{name}_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def sequence_layout(tokenizer, style: str = "bert") -> SequenceLayout:
+    """The special tokens of `style` taken from the tokenizer (errors name the missing token)."""
+    if style not in STYLES:
+        raise ValueError(f"style={style!r}; choose one of {STYLES}")
+    pad = _optional_id(tokenizer, "pad")
+    pad = 0 if pad is None else pad
+    if style == "gpt2":
+        eos = tokenizer.eos_id
+        return SequenceLayout((), (), (eos,), (), 0, pad)
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    if style == "bert":
+        return SequenceLayout((cls,), (sep,), (), (sep,), 1, pad)
+    return SequenceLayout((cls,), (sep,), (sep,), (sep,), 0, pad)
+
+
+def encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of text (no special tokens) and each token's (start, end) character span in text."""
+    method = getattr(tokenizer, "encode_with_offsets", None)
+    if method is None:
+        raise TypeError(f"{type(tokenizer).__name__} has no encode_with_offsets(text) method, which extractive QA "
+                        "needs to map answers back to the context")
+    ids, offsets = method(text)
+    return list(ids), [tuple(o) for o in offsets]
+
+
+def _word_piece_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    """Each word tokenized on its own (as if preceded by a space, for byte-level BPE); never empty (-> unk)."""
+    backend = getattr(tokenizer, "backend", None)
+    byte_level = backend is not None and type(getattr(backend, "pre_tokenizer", None)).__name__ == "ByteLevel"
+    texts = [" " + w for w in words] if byte_level else list(words)
+    pieces = tokenizer.encode_batch(texts) if texts else []
+    unk = _optional_id(tokenizer, "unk")
+    return [list(p) if p else [0 if unk is None else unk] for p in pieces]
+
+
+def _empty(num_rows: int, max_len: int) -> dict[str, np.ndarray]:
+    return {key: np.zeros((num_rows, max_len), np.int32) for key in MODEL_INPUT_KEYS}
+
+
+def _place(features: dict, row: int, layout: SequenceLayout, a: Sequence[int], b: Sequence[int] | None) -> int:
+    """Writes specials + a (+ b) into row; returns where a's first token went."""
+    ids = [*layout.prefix, *a, *layout.a_suffix]
+    types = [0] * len(ids)
+    if b is not None:
+        part_b = [*layout.b_prefix, *b, *layout.b_suffix]
+        ids += part_b
+        types += [layout.b_token_type] * len(part_b)
+    n = len(ids)
+    features["inputs"][row, :n] = ids
+    features["inputs"][row, n:] = layout.pad_id
+    features["segment_ids"][row, :n] = 1
+    features["positions"][row, :n] = np.arange(n)
+    features["token_types"][row, :n] = types
+    return len(layout.prefix)
+
+
+def _check_max_len(max_len: int, needed: int, what: str):
+    if max_len < needed:
+        raise ValueError(f"max_len={max_len} is too short for {what} (needs at least {needed})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sequence classification / regression
+# ----------------------------------------------------------------------------------------------------------------
+
+def truncate_longest_first(a: list[int], b: list[int] | None, max_tokens: int) -> tuple[list[int], list[int] | None]:
+    """Drops tokens from the end of the longer sequence (b on ties, as BERT's _truncate_seq_pair) until both fit."""
+    a = list(a)
+    if b is None:
+        return a[:max_tokens], None
+    b = list(b)
+    while len(a) + len(b) > max_tokens:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+def classification_features(examples: Sequence[TextExample], tokenizer, max_len: int, *, regression: bool = False,
+                            style: str = "bert") -> dict[str, np.ndarray]:
+    """One row per example: specials + text_a (+ text_b), truncated longest-first to max_len.
+
+    labels: int32 class index (float32 score when regression); unlabelled examples get 0 (0.0).
+    """
+    layout = sequence_layout(tokenizer, style)
+    pair = any(e.text_b is not None for e in examples)
+    _check_max_len(max_len, layout.num_specials(pair) + (2 if pair else 1), f"style {style!r} with one token per text")
+    ids_a = tokenizer.encode_batch([e.text_a for e in examples]) if examples else []
+    ids_b = tokenizer.encode_batch([e.text_b or "" for e in examples]) if pair else [None] * len(examples)
+    features = _empty(len(examples), max_len)
+    labels = np.zeros(len(examples), np.float32 if regression else np.int32)
+    for row, example in enumerate(examples):
+        b = ids_b[row] if example.text_b is not None else None
+        a, b = truncate_longest_first(ids_a[row], b, max_len - layout.num_specials(b is not None))
+        _place(features, row, layout, a, b)
+        if example.label is not None:
+            if not regression and isinstance(example.label, float):
+                raise ValueError(f"{example.guid}: label {example.label} is a score; pass regression=True")
+            labels[row] = example.label
+    features["labels"] = labels
+    features["example_index"] = np.arange(len(examples), dtype=np.int32)
+    features["example_weights"] = np.ones(len(examples), np.float32)
+    return features
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token classification (NER)
+# ----------------------------------------------------------------------------------------------------------------
+
+def token_classification_features(examples: Sequence[TokenExample], tokenizer, max_len: int,
+                                  labels: Sequence[str], *, style: str = "bert") -> dict[str, np.ndarray]:
+    """Each word tokenized on its own; only its FIRST sub-token carries the label (label_weights 1, others 0).
+
+    A sentence whose pieces do not fit in max_len is split at word boundaries into several rows (same
+    example_index; word_ids stay the sentence's word numbers), so every word gets a prediction. A single word
+    longer than a row keeps its first pieces.
+    """
+    layout = sequence_layout(tokenizer, style)
+    budget = max_len - layout.num_specials(False)
+    _check_max_len(max_len, layout.num_specials(False) + 1, f"style {style!r} with one word")
+    label_index = {tag: i for i, tag in enumerate(labels)}
+    rows = []  # (example index, [(word index, piece ids)])
+    for index, example in enumerate(examples):
+        if example.tags is not None:
+            if len(example.tags) != len(example.words):
+                raise ValueError(f"{example.guid}: {len(example.words)} words but {len(example.tags)} tags")
+            unknown = sorted(set(example.tags) - set(label_index))
+            if unknown:
+                raise ValueError(f"{example.guid}: tag(s) {unknown} not in the label list {list(labels)}")
+        chunk, used = [], 0
+        for word, pieces in enumerate(_word_piece_ids(tokenizer, example.words)):
+            pieces = pieces[:budget]
+            if chunk and used + len(pieces) > budget:
+                rows.append((index, chunk))
+                chunk, used = [], 0
+            chunk.append((word, pieces))
+            used += len(pieces)
+        rows.append((index, chunk))
+    features = _empty(len(rows), max_len)
+    label_ids = np.zeros((len(rows), max_len), np.int32)
+    label_weights = np.zeros((len(rows), max_len), np.float32)
+    word_ids = np.full((len(rows), max_len), -1, np.int32)
+    for row, (index, chunk) in enumerate(rows):
+        start = _place(features, row, layout, [p for _, pieces in chunk for p in pieces], None)
+        tags = examples[index].tags
+        position = start
+        for word, pieces in chunk:
+            word_ids[row, position:position + len(pieces)] = word
+            if tags is not None:
+                label_ids[row, position] = label_index[tags[word]]
+                label_weights[row, position] = 1.0
+            position += len(pieces)
+    features.update(labels=label_ids, label_weights=label_weights, word_ids=word_ids,
+                    example_index=np.array([index for index, _ in rows], np.int32).reshape(-1),
+                    example_weights=np.ones(len(rows), np.float32))
+    return features
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Extractive QA (SQuAD)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _answer_token_span(offsets: Sequence[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int] | None:
+    """First token ending after char_start .. last token starting before char_end (context token indices)."""
+    start = next((i for i, (s, e) in enumerate(offsets) if e > char_start and e > s), None)
+    end = next((i for i in range(len(offsets) - 1, -1, -1) if offsets[i][0] < char_end
+                and offsets[i][1] > offsets[i][0]), None)
+    if start is None or end is None or end < start:
+        return None
+    return start, end
+
+
+def _windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(start, length) of the context windows: each starts `stride` tokens after the previous one."""
+    spans, start = [], 0
+    while True:
+        length = min(num_tokens - start, window)
+        spans.append((start, length))
+        if start + length >= num_tokens:
+            return spans
+        start += min(length, stride)
+
+
+def qa_features(examples: Sequence[QAExample], tokenizer, max_len: int = 384, doc_stride: int = 128,
+                max_query_len: int = 64, *, style: str = "bert") -> dict[str, np.ndarray]:
+    """Question + a window of the context per row, windows `doc_stride` context tokens apart (the step between
+    window starts, as in BERT's run_squad; HF's `stride` is the overlap instead).
+
+    Targets come from the first answer: start/end token positions in the row, or 0/0 (the first token) when the
+    answer is not wholly inside the window. Questions longer than max_query_len tokens are cut.
+    """
+    if style == "gpt2":
+        raise ValueError("qa_features: style 'gpt2' has no first special token to point unanswerable windows at; "
+                         "use 'bert' or 'roberta'")
+    layout = sequence_layout(tokenizer, style)
+    if doc_stride < 1:
+        raise ValueError(f"doc_stride={doc_stride} must be >= 1")
+    context_cache: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+    questions = tokenizer.encode_batch([e.question for e in examples]) if examples else []
+    rows = []
+    for index, example in enumerate(examples):
+        if example.context not in context_cache:
+            context_cache[example.context] = encode_with_offsets(tokenizer, example.context)
+        context_ids, offsets = context_cache[example.context]
+        query = questions[index][:max_query_len]
+        window = max_len - len(query) - layout.num_specials(True)
+        if window < 1:
+            raise ValueError(f"max_len={max_len} leaves no room for the context after a question of {len(query)} "
+                             f"tokens (max_query_len={max_query_len})")
+        answer_span = None
+        if example.answers:
+            answer = example.answers[0]
+            answer_span = _answer_token_span(offsets, answer.answer_start, answer.answer_start + len(answer.text))
+        spans = _windows(len(context_ids), window, doc_stride)
+        for span_index, (start, length) in enumerate(spans):
+            rows.append((index, query, context_ids, offsets, start, length, answer_span, spans, span_index))
+    n = len(rows)
+    features = _empty(n, max_len)
+    start_positions = np.zeros(n, np.int32)
+    end_positions = np.zeros(n, np.int32)
+    token_offsets = np.full((n, max_len, 2), -1, np.int32)
+    max_context = np.zeros((n, max_len), bool)
+    for row, (index, query, context_ids, offsets, start, length, answer_span, spans, span_index) in enumerate(rows):
+        _place(features, row, layout, query, context_ids[start:start + length])
+        first = len(layout.prefix) + len(query) + len(layout.a_suffix) + len(layout.b_prefix)
+        token_offsets[row, first:first + length] = offsets[start:start + length]
+        for i in range(length):
+            max_context[row, first + i] = _is_max_context(spans, span_index, start + i)
+        if answer_span is not None and start <= answer_span[0] and answer_span[1] < start + length:
+            start_positions[row] = first + answer_span[0] - start
+            end_positions[row] = first + answer_span[1] - start
+    features.update(start_positions=start_positions, end_positions=end_positions, token_offsets=token_offsets,
+                    max_context=max_context, example_index=np.array([r[0] for r in rows], np.int32).reshape(-1),
+                    example_weights=np.ones(n, np.float32))
+    return features
+
+
+def _is_max_context(spans: list[tuple[int, int]], span_index: int, position: int) -> bool:
+    """BERT's _check_is_max_context: the window where min(left, right) context (+ 0.01 * length) is largest."""
+    best_score, best_index = None, None
+    for i, (start, length) in enumerate(spans):
+        end = start + length - 1
+        if not start <= position <= end:
+            continue
+        score = min(position - start, end - position) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_index = score, i
+    return best_index == span_index
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+def num_rows(features: dict[str, np.ndarray]) -> int:
+    sizes = {key: len(value) for key, value in features.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"features disagree on the number of rows: {sizes}")
+    return next(iter(sizes.values()), 0)
+
+
+def num_batches(num_features: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return num_features // batch_size if drop_remainder else -(-num_features // batch_size)
+
+
+def _padding_value(key: str):
+    return -1 if key.endswith("_index") else 0
+
+
+def iterate_batches(features: dict[str, np.ndarray], batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                    epoch: int = 0, drop_remainder: bool = False, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of `batch_size` rows (the global batch), in order or shuffled by a permutation that depends only on
+    (seed, epoch). The final short batch is padded to full size: padding rows are 0 everywhere (so
+    example_weights / label_weights are 0) and -1 in *_index keys; drop_remainder drops it instead.
+
+    process_index / process_count: each process gets its contiguous slice of every global batch
+    (batch_size / process_count rows), for jax.make_array_from_process_local_data.
+    """
+    n = num_rows(features)
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} must be a positive multiple of process_count={process_count}")
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    local = batch_size // process_count
+    lo, hi = process_index * local, (process_index + 1) * local
+    for b in range(num_batches(n, batch_size, drop_remainder)):
+        rows = order[b * batch_size:(b + 1) * batch_size][lo:hi]
+        batch = {}
+        for key, value in features.items():
+            part = value[rows]
+            if len(rows) < local:
+                pad = np.full((local - len(rows), *value.shape[1:]), _padding_value(key), value.dtype)
+                part = np.concatenate([part, pad])
+            batch[key] = part
+        yield batch
