@@ -27,8 +27,10 @@ install: $(CORE_STAMP)
 install-test: $(TEST_STAMP)
 
 # Pretrain the quickstart BERT (MLM + NSP) on the embedded corpus, offline, and print the summary.
+# Each demo is a fresh run; `make demo DEMO_WORKDIR=runs/x` twice resumes the first instead.
+DEMO_WORKDIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 demo: install
-	$(BIN)/python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=runs/quickstart
+	$(BIN)/python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=$(DEMO_WORKDIR)
 
 test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
