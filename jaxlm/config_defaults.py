@@ -75,6 +75,95 @@ def pretrain_config() -> ml_collections.ConfigDict:
     return c
 
 
+FINETUNE_TASKS = ("classification", "regression", "token_classification", "question_answering")
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """Every fine-tuning key and its default (`python -m jaxlm.finetune`; configs/finetune/*.py start here).
+
+    Defaults are the BERT paper's fine-tuning recipe (Devlin et al. 2019, section 4 and appendix A.3): Adam with
+    lr in {5e-5, 3e-5, 2e-5}, batch 32, 3 epochs, warmup over the first 10% of steps then linear decay to 0,
+    weight decay 0.01, dropout 0.1, gradient clipping at global norm 1.0.
+    """
+    c = ml_collections.ConfigDict()
+    c.task = "classification"  # classification | regression | token_classification | question_answering
+    c.seed = 0
+    # A pretraining run's workdir, one of its checkpoint step dirs (WORKDIR/checkpoints/<step>), an imported HF
+    # workdir (`python -m jaxlm.convert from-hf`) or an earlier fine-tuning run. '' = no pretraining: a random
+    # backbone from config.model.family/size (a baseline; needs config.tokenizer).
+    c.init_checkpoint = ""
+    c.init_step = -1  # -1: the latest step of init_checkpoint
+    # '' = the checkpoint's own: WORKDIR/tokenizer.model (a pretraining run) or WORKDIR/tokenizer/ (an import);
+    # else a sentencepiece .model file or an HF tokenizer directory.
+    c.tokenizer = ""
+
+    # The backbone comes from the checkpoint's saved config; these fields override it (-1: keep its value).
+    c.model = ml_collections.ConfigDict(dict(
+        family="bert", size="base",  # only without init_checkpoint
+        dtype="float32", scan_layers=False, remat_policy="none", attention_impl="xla",
+        hidden_dropout=-1.0, attention_dropout=-1.0))
+    c.head = ml_collections.ConfigDict(dict(dropout=-1.0))  # -1: the backbone's hidden dropout (0.1)
+
+    c.data = ml_collections.ConfigDict(dict(
+        # A GLUE task name (sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, wnli: the GLUE TSV layouts),
+        # conll2003 (CoNLL column files, IOB1 -> BIO), conll (BIO column files; labels from data.labels),
+        # squad (SQuAD v1.1 JSON), or tsv | csv | jsonl (generic text classification: the columns below).
+        format="sst2",
+        train_file="",
+        eval_file="",  # the dev set: evaluated every epoch; the best checkpoint is kept by its task metric
+        # Generic files (tsv/csv/jsonl): column names (or 0-based indices as strings, e.g. '1' for a headerless
+        # file) and the label list (file values, in the order of the model's outputs).
+        text_column="text",
+        text_b_column="",  # '' = single-sentence
+        label_column="label",
+        labels=("0", "1"),  # also the tag list for format=conll
+        header=True,
+        # A prepared TFDS catalog dataset instead of files: glue/<task>, squad, conll2003 (not downloaded here).
+        tfds_name="",
+        tfds_data_dir="",
+        train_split="train",
+        eval_split="validation",
+        max_len=128,
+        doc_stride=128,  # QA: tokens between the starts of two context windows
+        max_query_len=64,  # QA: questions are cut to this many tokens
+        n_best=20,  # QA: candidate starts / ends per window
+        max_answer_length=30,  # QA: tokens
+        train_limit=0,  # use only the first N training examples (0 = all)
+        eval_limit=0,  # use only the first N dev examples (0 = all)
+        skip_bad_lines=False,  # True: skip and count bad lines instead of stopping at the first (file:line)
+        style="",  # special-token wrapping: bert | roberta | gpt2; '' = from the backbone family
+    ))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=2e-5, warmup_ratio=0.1, warmup_steps=-1,  # -1: warmup_ratio x total steps
+        total_steps=-1,  # -1: the run's steps (num_epochs x steps per epoch)
+        schedule="linear", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        max_grad_norm=1.0,
+        # < 1: layer l of L trains with lr x decay^(L - l), embeddings with decay^(L + 1), head and pooler with lr
+        # (ELECTRA, Clark et al. 2020, e.g. 0.8 for base models).
+        layerwise_lr_decay=1.0))
+
+    c.train = ml_collections.ConfigDict(dict(
+        num_epochs=3.0,  # may be fractional; 0 = only evaluate the initial model
+        batch_size=32,  # global batch
+        eval_batch_size=64,
+        num_microbatches=1,
+        eval_every_epoch=True,  # evaluate (task metrics) at each epoch end and at the last step
+        best_metric="",  # the dev metric that picks the kept checkpoint; '' = the task's (accuracy, f1, ...)
+        keep_checkpoints=1,  # the latest N are kept besides the best one
+        log_every=50,
+        async_checkpointing=True,
+        cpu_peak_flops=0.0,
+        progress_bar=True,
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False, coordinator_address="", num_processes=0, process_id=-1))
+    c.lock()
+    return c
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Imports a config file (optionally `file.py:arg`, big_vision style) and calls its get_config()."""
     path, _, arg = path.partition(":")

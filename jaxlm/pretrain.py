@@ -12,9 +12,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file (configs/pretrain/*.py).",
-                                          lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go (local or gs://).")
+_CONFIG = None
+
+
+def define_flags():
+    """Flags exist only when this runs as a command, so notebooks can import pretrain and finetune together."""
+    global _CONFIG
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file (configs/pretrain/*.py).",
+                                              lock_config=True)
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the summary go (local or gs://).")
 
 
 def _data_dir(config):
@@ -79,20 +85,6 @@ def dummy_inputs(objective, batch_size, seq_len, max_predictions):
     return {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions")}
 
 
-def non_embedding_params(params) -> int:
-    """Parameters that do matmul work per token (embedding tables are lookups; tied heads are counted by
-    the attention term's vocabulary? no: by the 6N rule the output projection is a matmul, so it is added)."""
-    import jax
-
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = [getattr(k, "key", str(k)) for k in path]
-        if "embedding" in names and not any("word" in n or "token_embeddings" == n for n in names):
-            continue  # position / token-type tables: pure lookups
-        total += leaf.size
-    return total
-
-
 def unigram_baseline_accuracy(batches) -> float | None:
     """MLM accuracy of always predicting the most frequent masked token: the bar a model must clear."""
     import numpy as np
@@ -112,6 +104,7 @@ def run(config, workdir: str):
 
     from jaxlm import data, sharding, train
     from jaxlm.models import build_model
+    from jaxlm.models.common import matmul_params
     from jaxlm.objectives.pretraining import LossConfig, make_pretraining_loss
 
     if config.distributed.initialize or config.distributed.coordinator_address:
@@ -181,7 +174,7 @@ def run(config, workdir: str):
 
     tokens_per_step = batch_size * seq_len
     flops_per_token = train.transformer_train_flops_per_token(
-        non_embedding_params(state.params), model_config.num_layers, model_config.hidden_size, seq_len)
+        matmul_params(state.params), model_config.num_layers, model_config.hidden_size, seq_len)
     saved_config = {**config.to_dict(), "model_config": dataclasses.asdict(model_config),
                     "tokenizer_file": tokenizer.model_file if hasattr(tokenizer, "model_file") else None}
     peak = None
@@ -219,5 +212,6 @@ if __name__ == "__main__":
     from jaxlm.config_defaults import check_overrides
 
     check_overrides(sys.argv)
+    define_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

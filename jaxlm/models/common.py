@@ -38,3 +38,17 @@ def check_token_ids(name: str, ids, vocab_size: int):
 
 def count_params(abstract_params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
+
+
+LOOKUP_TABLES = ("position_embeddings", "token_type_embeddings")
+
+
+def matmul_params(params) -> int:
+    """Parameters that do matmul work per token, for the 6N FLOPs rule: everything but the position and
+    token-type tables (pure lookups). The token table counts: tied to the output head, it is a matmul."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if any(str(getattr(k, "key", k)) in LOOKUP_TABLES for k in path):
+            continue
+        total += int(np.prod(leaf.shape))
+    return total

@@ -1,0 +1,28 @@
+"""CoNLL-2003 English NER (Tjong Kim Sang & De Meulder 2003): token classification over BIO tags (the files'
+IOB1 tags are converted), each word labelled at its first sub-token; dev (eng.testa) entity F1 as conlleval.
+
+Hyperparameters: the BERT paper's fine-tuning recipe (Devlin et al. 2019, section 5.3 and appendix A.3: Adam,
+lr in {5e-5, 3e-5, 2e-5}, batch 32, 3 epochs, 10% linear warmup then linear decay, weight decay 0.01, dropout 0.1);
+lr 5e-5 as in Hugging Face's run_ner example. The paper's 92.4 dev F1 (BERT-base) also uses document context,
+which this recipe (one sentence per row) does not.
+
+Data licence: Reuters text, research use only (../shared/data/README.md).
+"""
+import os
+
+from jaxlm.config_defaults import finetune_config
+
+DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
+
+
+def get_config():
+    c = finetune_config()
+    c.task = "token_classification"
+    c.data.format = "conll2003"
+    c.data.train_file = os.path.join(DATA, "conll2003", "eng.train")
+    c.data.eval_file = os.path.join(DATA, "conll2003", "eng.testa")
+    c.data.max_len = 128
+    c.optimizer.learning_rate = 5e-5
+    c.train.batch_size = 32
+    c.train.num_epochs = 3.0
+    return c

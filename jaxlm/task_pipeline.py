@@ -1,0 +1,475 @@
+"""What `finetune`, `evaluate` and `predict` share: a fine-tuning config -> task spec, tokenizer, task model,
+examples and features; a sharded predict pass; outputs -> predictions and task metrics; a fine-tuned run
+loaded back from its workdir.
+
+The readers, features, postprocessing and metrics themselves live in jaxlm.tasks; the model in
+jaxlm.models.heads; the losses in jaxlm.objectives.finetuning. This module only wires them to a config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from jaxlm import sharding as shd
+from jaxlm import tasks
+from jaxlm.objectives.finetuning import MODEL_INPUT_KEYS, TARGET_KEYS, TASK_LOSSES, apply_model
+
+log = logging.getLogger(__name__)
+
+GLUE_TASKS = tuple(tasks.GLUE_LAYOUTS)
+GENERIC_FORMATS = ("tsv", "csv", "jsonl")
+TOKEN_FORMATS = ("conll2003", "conll")
+FORMATS = GLUE_TASKS + GENERIC_FORMATS + TOKEN_FORMATS + ("squad",)
+# The dev metric that picks the best checkpoint, by format (GLUE: the task's first official metric, except F1
+# for the imbalanced paraphrase tasks).
+BEST_METRIC = {"cola": "matthews_corrcoef", "mrpc": "f1", "qqp": "f1", "stsb": "pearson", "conll2003": "f1",
+               "conll": "f1", "squad": "f1"}
+LOWER_IS_BETTER = ("loss", "mse", "perplexity")
+SPEC_FILE = "task_spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Everything about the task a fine-tuned model needs again at evaluate / predict time."""
+    task: str
+    format: str
+    labels: tuple[str, ...] | None  # class / tag names (model output order); None for regression and QA
+    pair: bool  # classification inputs are (text, text_b)
+    style: str  # special-token wrapping (jaxlm.tasks.features.STYLES)
+    max_len: int
+    doc_stride: int = 128
+    max_query_len: int = 64
+    n_best: int = 20
+    max_answer_length: int = 30
+
+    @property
+    def num_labels(self) -> int:
+        return {"regression": 1, "question_answering": 2}.get(self.task) or len(self.labels)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        if self.format in tasks.GLUE_METRICS:
+            return tasks.GLUE_METRICS[self.format]
+        if self.task == "classification":
+            return ("accuracy", "macro_f1")
+        return {"regression": ("pearson", "spearman"), "token_classification": ("f1", "precision", "recall"),
+                "question_answering": ("exact_match", "f1")}[self.task]
+
+    def best_metric(self, override: str = "") -> str:
+        return override or BEST_METRIC.get(self.format, "accuracy" if self.task == "classification" else
+                                           self.metric_names[0])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSpec":
+        d = dict(d)
+        if d.get("labels") is not None:
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+
+def _column(value: str):
+    """Config column: a header name, a 0-based index written as digits, or '' (none) -> None."""
+    if value == "" or value is None:
+        return None
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def text_layout(data_config) -> tasks.TextLayout:
+    """The generic tsv/csv/jsonl layout described by config.data."""
+    labels = tuple(str(x) for x in data_config.labels) if data_config.labels else None
+    return tasks.TextLayout(_column(data_config.text_column), _column(data_config.label_column),
+                            _column(data_config.text_b_column), labels=labels, regression=labels is None,
+                            header=data_config.header, format=data_config.format)
+
+
+def task_spec(config, family: str) -> TaskSpec:
+    """The task spec of a fine-tuning config; checks that config.task fits config.data.format."""
+    d = config.data
+    fmt = d.format.lower().replace("-", "")  # SST-2 -> sst2, STS-B -> stsb
+    if fmt not in FORMATS:
+        raise ValueError(f"config.data.format={d.format!r}; choose one of {FORMATS}")
+    if fmt in GLUE_TASKS:
+        layout = tasks.glue_layout(fmt)
+        task = "regression" if layout.regression else "classification"
+        labels, pair = (None if layout.regression else tuple(layout.labels)), layout.text_b_column is not None
+    elif fmt in GENERIC_FORMATS:
+        labels = tuple(str(x) for x in d.labels) if d.labels else None
+        task = "classification" if labels else "regression"
+        pair = bool(d.text_b_column)
+    elif fmt in TOKEN_FORMATS:
+        task, pair = "token_classification", False
+        labels = tasks.CONLL2003_BIO_LABELS if fmt == "conll2003" else tuple(str(x) for x in d.labels)
+    else:
+        task, labels, pair = "question_answering", None, True
+    if config.task != task:
+        raise ValueError(f"config.task={config.task!r} does not fit config.data.format={d.format!r}, which is a "
+                         f"{task} task (set --config.task={task})")
+    if task == "classification" and (not labels or len(labels) < 2):
+        raise ValueError(f"config.data.labels={d.labels!r}: classification needs at least two labels")
+    if d.tfds_name and task in ("classification", "token_classification"):
+        names = tasks.tfds_label_names(d.tfds_name, d.train_split, d.tfds_data_dir or None)
+        if names:  # the dataset's own ClassLabel order, which its integer labels index
+            labels = tuple(names)
+    style = d.style or {"roberta": "roberta", "gpt2": "gpt2"}.get(family, "bert")
+    return TaskSpec(task=task, format=fmt, labels=labels, pair=pair, style=style, max_len=d.max_len,
+                    doc_stride=d.doc_stride, max_query_len=d.max_query_len, n_best=d.n_best,
+                    max_answer_length=d.max_answer_length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Examples and features
+
+def read_examples(spec: TaskSpec, data_config, path: str = "", *, split: str = "", labelled: bool = True,
+                  limit: int = 0) -> list:
+    """Examples of one split: from `path` (a task file), or from the TFDS dataset config.data.tfds_name[split].
+    Bad lines are errors naming file:line (or skipped and counted with config.data.skip_bad_lines)."""
+    skip = data_config.skip_bad_lines
+    if not path:
+        if not data_config.tfds_name:
+            raise ValueError("no data file given (config.data.train_file / eval_file) and no config.data.tfds_name")
+        examples, stats = tasks.tfds_examples(data_config.tfds_name, split, data_config.tfds_data_dir or None)
+    elif spec.format in GLUE_TASKS:
+        examples, stats = tasks.read_glue(path, spec.format, skip_bad_lines=skip, labelled=labelled)
+    elif spec.format in GENERIC_FORMATS:
+        layout = text_layout(data_config)
+        if not labelled:
+            layout = dataclasses.replace(layout, label_column=None)
+        examples, stats = tasks.read_text_classification(path, layout, skip_bad_lines=skip)
+    elif spec.format in TOKEN_FORMATS:
+        examples, stats = tasks.read_conll(path, scheme="iob1" if spec.format == "conll2003" else "bio",
+                                           labels=spec.labels, labelled=labelled, skip_bad_lines=skip)
+    else:
+        examples, stats = tasks.read_squad(path, skip_bad_lines=skip)
+    if stats.num_skipped:
+        log.warning("%s: skipped %d bad lines %s; first: %s", stats.path, stats.num_skipped, stats.skipped,
+                    stats.first_errors[:2])
+    if not examples:
+        raise ValueError(f"{stats.path}: no examples")
+    return examples[:limit] if limit else examples
+
+
+def make_features(spec: TaskSpec, examples: Sequence, tokenizer) -> dict[str, np.ndarray]:
+    if spec.task in ("classification", "regression"):
+        return tasks.classification_features(examples, tokenizer, spec.max_len, regression=spec.task == "regression",
+                                             style=spec.style)
+    if spec.task == "token_classification":
+        return tasks.token_classification_features(examples, tokenizer, spec.max_len, spec.labels, style=spec.style)
+    return tasks.qa_features(examples, tokenizer, spec.max_len, spec.doc_stride, spec.max_query_len,
+                             style=spec.style)
+
+
+def device_keys(task: str) -> tuple[str, ...]:
+    """The feature keys the jitted step reads (the rest is host-side bookkeeping)."""
+    return MODEL_INPUT_KEYS + TARGET_KEYS[task]
+
+
+class EpochBatches:
+    """Training batches epoch after epoch, reshuffled by (seed, epoch); the short last batch of an epoch is
+    padded with weight-0 rows. `get_state` / `set_state` let a checkpoint resume at the exact batch."""
+
+    def __init__(self, features: dict, batch_size: int, keys: Sequence[str], *, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1):
+        self.features, self.batch_size, self.keys = features, batch_size, tuple(keys)
+        self.seed, self.process_index, self.process_count = seed, process_index, process_count
+        self.epoch, self.batch = 0, 0
+        self._it: Iterator | None = None
+        self.steps_per_epoch = tasks.num_batches(tasks.num_rows(features), batch_size)
+
+    def _start(self):
+        self._it = tasks.iterate_batches(self.features, self.batch_size, shuffle=True, seed=self.seed,
+                                         epoch=self.epoch, process_index=self.process_index,
+                                         process_count=self.process_count)
+        for _ in range(self.batch):
+            next(self._it)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._start()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.batch = self.epoch + 1, 0
+            self._start()
+            batch = next(self._it)
+        self.batch += 1
+        return {k: batch[k] for k in self.keys}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def set_state(self, state: dict):
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._it = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predict pass, predictions, metrics
+
+class Predictor:
+    """Outputs of the task model over every feature row (sharded step, outputs gathered on each host), plus the
+    mean loss over the rows' weights."""
+
+    def __init__(self, model, task: str, mesh, param_shardings, batch_size: int, rules=shd.DEFAULT_RULES):
+        self.task, self.mesh, self.batch_size, self.rules = task, mesh, batch_size, rules
+        self.keys = device_keys(task)
+        task_loss = TASK_LOSSES[task]
+
+        def predict(params, batch):
+            outputs = apply_model(model, params, batch, None)
+            loss, metrics = task_loss(outputs, batch)
+            return outputs, loss * metrics["num_tokens"], metrics["num_tokens"]
+
+        self.batch_sharding = shd.batch_sharding(mesh)
+        self.jitted = jax.jit(predict, in_shardings=(param_shardings, self.batch_sharding),
+                              out_shardings=shd.replicated(mesh))
+
+    def __call__(self, params, features: dict) -> tuple[dict[str, np.ndarray], float]:
+        n = tasks.num_rows(features)
+        chunks, loss_sum, weight_sum = [], 0.0, 0.0
+        pending = []
+        for batch in tasks.iterate_batches({k: features[k] for k in self.keys}, self.batch_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()):
+            with shd.mesh_context(self.mesh, self.rules):
+                pending.append(self.jitted(params, shd.host_local_to_global(batch, self.mesh, self.batch_sharding)))
+        for outputs, loss, weight in jax.device_get(pending):
+            chunks.append(outputs)
+            loss_sum += float(loss)
+            weight_sum += float(weight)
+        outputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
+        return outputs, loss_sum / max(weight_sum, 1e-8)
+
+
+def predictions(spec: TaskSpec, examples: Sequence, features: dict, outputs: dict) -> list[dict]:
+    """One JSON-able prediction per example."""
+    if spec.task == "classification":
+        logits = outputs["logits"]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        return [{"label": spec.labels[int(p.argmax())],
+                 "probabilities": {name: float(x) for name, x in zip(spec.labels, p)}} for p in probs]
+    if spec.task == "regression":
+        return [{"score": float(x)} for x in outputs["logits"]]
+    if spec.task == "token_classification":
+        tags = tasks.ner_word_predictions(examples, features, outputs["logits"], spec.labels)
+        return [{"tokens": list(e.words), "tags": t} for e, t in zip(examples, tags)]
+    nbest = tasks.squad_nbest(examples, features, outputs["start_logits"], outputs["end_logits"],
+                              n_best=spec.n_best, max_answer_length=spec.max_answer_length)
+    return [{"id": e.id, "answer": best[0]["text"], "probability": best[0]["probability"], "start": best[0]["start"],
+             "end": best[0]["end"], "nbest": [{k: b[k] for k in ("text", "probability")} for b in best[:5]]}
+            for e, best in zip(examples, nbest)]
+
+
+def task_metrics(spec: TaskSpec, examples: Sequence, features: dict, outputs: dict) -> dict[str, float]:
+    """The task's official dev metrics (fractions in [0, 1]) from the model outputs over `features`."""
+    if spec.task in ("classification", "regression"):
+        y_true = np.array([e.label for e in examples])
+        if any(e.label is None for e in examples):
+            raise ValueError("task_metrics: the examples have no labels")
+        logits = outputs["logits"]
+        y_pred = logits.argmax(-1) if spec.task == "classification" else logits
+        names = [m for m in spec.metric_names if m in ("accuracy", "f1", "macro_f1", "matthews_corrcoef",
+                                                       "pearson", "spearman")]
+        if spec.task == "classification" and len(spec.labels) == 2 and "f1" not in names:
+            names.append("f1")
+        out = tasks.compute_metrics(names, y_true, y_pred)
+        if spec.task == "regression":
+            out["mse"] = float(np.mean((y_pred - y_true) ** 2))
+        return out
+    if spec.task == "token_classification":
+        predicted = tasks.ner_word_predictions(examples, features, outputs["logits"], spec.labels)
+        scores = tasks.conll_entity_scores([e.tags for e in examples], predicted)
+        return {k: float(scores[k]) for k in ("f1", "precision", "recall", "accuracy")}
+    predicted = tasks.squad_predictions(examples, features, outputs["start_logits"], outputs["end_logits"],
+                                        n_best=spec.n_best, max_answer_length=spec.max_answer_length)
+    scores = tasks.squad_scores({e.id: [a.text for a in e.answers] for e in examples}, predicted)
+    return {k: float(v) for k, v in scores.items()}
+
+
+class TaskEvaluator:
+    """Dev-set task metrics as a `jaxlm.train.loop` eval step.
+
+    The loop sums what the eval step returns over the batches of `eval_iter_fn()` and divides by 'weight'. Task
+    metrics (F1, Matthews, Spearman, conlleval, SQuAD) are not sums over batches, so the whole predict pass runs
+    inside one call: `eval_iter_fn` yields a single empty batch, and the step returns metric x N with weight N
+    (N = dev examples), which the loop's averaging turns back into the metrics. They are logged, written to
+    metrics.jsonl / TensorBoard and attached to the checkpoint (best-checkpoint selection) like any eval.
+    """
+
+    def __init__(self, spec: TaskSpec, predictor: Predictor, examples: Sequence, features: dict):
+        self.spec, self.predictor, self.examples, self.features = spec, predictor, examples, features
+        self.history: list[dict] = []
+
+    def evaluate(self, params) -> dict[str, float]:
+        outputs, loss = self.predictor(params, self.features)
+        metrics = {"loss": loss, **task_metrics(self.spec, self.examples, self.features, outputs)}
+        self.history.append(metrics)
+        return metrics
+
+    def __call__(self, params, batch=None) -> dict[str, float]:  # the loop's eval-step interface
+        n = float(len(self.examples))
+        sums = {k: v * n for k, v in self.evaluate(params).items()}
+        sums["weight"] = n
+        return sums
+
+    @staticmethod
+    def iter_fn():
+        return iter([{}])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer and backbone of a checkpoint
+
+def load_tokenizer(path: str, family: str):
+    """A sentencepiece .model file or an HF tokenizer directory."""
+    from jaxlm.convert import load_tokenizer as load_hf_tokenizer
+    from jaxlm.data import Tokenizer
+
+    if os.path.isdir(path):
+        tokenizer = load_hf_tokenizer(path, family)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json, vocab.txt, vocab.json + "
+                                    "merges.txt, spiece.model)")
+        return tokenizer
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer {path} not found (a sentencepiece .model file or an HF tokenizer dir)")
+    return Tokenizer(path)
+
+
+def checkpoint_tokenizer_path(workdir: str, saved: dict | None) -> str:
+    """The tokenizer that came with a checkpoint: WORKDIR/tokenizer.model (pretraining and fine-tuning runs),
+    WORKDIR/tokenizer/ (imports), else the file the run's saved config names."""
+    candidates = [os.path.join(workdir, "tokenizer.model"), os.path.join(workdir, "tokenizer")]
+    saved = saved or {}
+    candidates += [p for p in (saved.get("tokenizer_file"), (saved.get("data") or {}).get("tokenizer"))
+                   if isinstance(p, str) and p]
+    for path in candidates:
+        if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+            return path
+    raise FileNotFoundError(f"no tokenizer found with checkpoint {workdir} (tried {candidates}); pass "
+                            "--config.tokenizer=<a .model file or an HF tokenizer directory>")
+
+
+def save_tokenizer(tokenizer_path: str, workdir: str) -> str:
+    """Copies the tokenizer into the fine-tuning workdir so the run is self-contained; returns its new path."""
+    import shutil
+
+    from jaxlm.convert.tokenizers import copy_tokenizer_files
+
+    if os.path.isdir(tokenizer_path):
+        target = os.path.join(workdir, "tokenizer")
+        if os.path.abspath(tokenizer_path) != os.path.abspath(target):
+            copy_tokenizer_files(tokenizer_path, target)
+        return target
+    target = os.path.join(workdir, "tokenizer.model")
+    if os.path.abspath(tokenizer_path) != os.path.abspath(target):
+        shutil.copyfile(tokenizer_path, target)
+    return target
+
+
+def override_model_config(model_config, model_overrides):
+    """The backbone config with config.model's run-time fields applied (dropout -1 = keep)."""
+    fields = {f.name for f in dataclasses.fields(model_config)}
+    changes = {k: model_overrides[k] for k in ("dtype", "scan_layers", "remat_policy", "attention_impl")
+               if k in fields}
+    for key in ("hidden_dropout", "attention_dropout"):
+        value = model_overrides[key]
+        if value is not None and value >= 0:
+            target = "dropout" if key == "hidden_dropout" and "dropout" in fields else key
+            changes[target] = value
+    return dataclasses.replace(model_config, **changes)
+
+
+def dummy_batch(max_len: int) -> dict[str, np.ndarray]:
+    ones = np.ones((1, max_len), np.int32)
+    return {"inputs": ones, "segment_ids": ones, "positions": np.arange(max_len, dtype=np.int32)[None],
+            "token_types": np.zeros_like(ones)}
+
+
+def check_fits(spec: TaskSpec, model_config, tokenizer):
+    """Config errors before any compile: sequence longer than the position table, tokenizer larger than the
+    embedding table."""
+    offset = getattr(model_config, "position_offset", 0)
+    if spec.max_len + offset > model_config.max_position_embeddings:
+        limit = model_config.max_position_embeddings - offset
+        raise ValueError(f"config.data.max_len={spec.max_len} exceeds the {limit} positions of the model "
+                         f"(max_position_embeddings={model_config.max_position_embeddings}, offset {offset})")
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{model_config.vocab_size}: config.tokenizer does not belong to this checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A fine-tuned run, loaded back
+
+@dataclasses.dataclass
+class FinetunedRun:
+    workdir: str
+    step: int
+    config: dict  # the run's saved config (finetune_config().to_dict() + model_config, head, task_spec)
+    spec: TaskSpec
+    model: Any
+    params: Any  # on `mesh`, sharded as in training
+    tokenizer: Any
+    mesh: Any
+    param_shardings: Any
+
+    def predictor(self, batch_size: int | None = None) -> Predictor:
+        return Predictor(self.model, self.spec.task, self.mesh, self.param_shardings,
+                         batch_size or self.config["train"]["eval_batch_size"])
+
+
+def best_step(workdir: str, metric: str) -> int | None:
+    """The step whose saved dev metrics are best (None if no checkpoint carries `metric`)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    from jaxlm.train.checkpoint import CHECKPOINT_DIR
+
+    mode = "min" if metric in LOWER_IS_BETTER else "max"
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=lambda m: float(m[metric]),
+                                           best_mode=mode)
+    try:
+        with ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options) as manager:
+            return manager.best_step()
+    except (KeyError, TypeError):
+        return None
+
+
+def load_finetuned(workdir: str, step: int | None = None, mesh_config: dict | None = None) -> FinetunedRun:
+    """A fine-tuning run's model, params (best dev checkpoint unless `step`), tokenizer and task spec."""
+    from jaxlm.convert.hf import config_from_saved
+    from jaxlm.models.heads import HeadConfig, TaskModel
+    from jaxlm.train.backbone import read_params
+    from jaxlm.train.checkpoint import read_config
+
+    saved = read_config(workdir, step)
+    if saved is None or "task_spec" not in saved:
+        raise ValueError(f"{workdir}: not a fine-tuning run (its checkpoint config has no task_spec)")
+    spec = TaskSpec.from_dict(saved["task_spec"])
+    if step is None:
+        step = best_step(workdir, saved.get("best_metric") or spec.best_metric())
+    params, _, step = read_params(workdir, step)
+    _, model_config = config_from_saved(saved)
+    model = TaskModel(model_config, HeadConfig(**saved["head"]))
+    mesh = shd.make_mesh(**(mesh_config or {"data": -1, "fsdp": 1, "tensor": 1}))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_batch(spec.max_len)))["params"]
+    param_shardings = shd.logical_to_mesh_shardings(boxed, mesh)
+    params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), params,
+                          param_shardings)
+    tokenizer = load_tokenizer(checkpoint_tokenizer_path(workdir, saved), model_config.family)
+    return FinetunedRun(workdir, step, saved, spec, model, params, tokenizer, mesh, param_shardings)
+
+
+def write_json(path: str, obj) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)

@@ -1,0 +1,419 @@
+"""Fine-tuning: restore_backbone (report, layouts, meshes, mismatches), heads, losses, layer-wise lr, resumable
+batches, configs; end to end from a tiny pretraining run to SST-2 / CoNLL-2003 / SQuAD dev metrics, and the
+evaluate / predict commands."""
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.traverse_util import flatten_dict
+
+from jaxlm import sharding as shd
+from jaxlm.config_defaults import finetune_config, load_config_file
+from jaxlm.models import build_model, get_model_config
+from jaxlm.models.heads import build_task_model
+from jaxlm.objectives import finetuning as ft_losses
+from jaxlm.train import TrainState, create_train_state, make_checkpoint_manager, save_checkpoint
+from jaxlm.train.backbone import layerwise_lr_scales, restore_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64,
+            vocab_size=100)
+X = jnp.ones((1, 8), jnp.int32)
+
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"shared task data not found at {DATA} "
+                                "(the SST-2 / CoNLL-2003 / SQuAD files of ../shared/data)")
+
+
+def save_pretraining_checkpoint(workdir, family="bert", mesh_shape=None, **fields):
+    """A pretraining-shaped checkpoint (TrainState with Adam state + saved config), written sharded on
+    `mesh_shape` (or from one device)."""
+    config = get_model_config(family, None, **{**TINY, **fields})
+    model = build_model(config)
+    if mesh_shape:
+        state, _ = create_train_state(lambda r: model.init(r, X), optax.adamw(1e-3), jax.random.key(1),
+                                      shd.make_mesh(*mesh_shape))
+    else:
+        params = nn.unbox(model.init(jax.random.key(1), X)["params"])
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optax.adamw(1e-3).init(params),
+                           rng=jnp.zeros((2,), jnp.uint32))
+    manager = make_checkpoint_manager(str(workdir), async_save=False)
+    save_checkpoint(manager, 7, state, config={"model": {"family": family}, "model_config": dataclasses.asdict(config)})
+    manager.wait_until_finished()
+    manager.close()
+    return config, jax.tree.map(np.asarray, state.params)
+
+
+def task_params(config, task="classification", mesh_shape=None, **fields):
+    """The task model's params: a sharded train state's on `mesh_shape` (with its layout), else numpy."""
+    model = build_task_model(dataclasses.replace(config, **fields), task, 3)
+    if mesh_shape is None:
+        return jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(2), X)["params"])), None
+    state, layout = create_train_state(lambda r: model.init(r, X), optax.adamw(1e-3), jax.random.key(2),
+                                       shd.make_mesh(*mesh_shape))
+    return state.params, layout
+
+
+def paths(tree, prefix=""):
+    return sorted(prefix + p for p in flatten_dict(tree, sep="/"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# restore_backbone
+
+def test_restore_backbone_scanned_checkpoint_into_unrolled_model_on_another_mesh(tmp_path):
+    config, pre = save_pretraining_checkpoint(tmp_path / "pre", mesh_shape=(2, 2, 2), scan_layers=True)
+    init, layout = task_params(config, scan_layers=False, mesh_shape=(1, 2, 4))
+    head_before = jax.tree.map(np.asarray, init["head"])
+    params, report = restore_backbone(init, str(tmp_path / "pre"), verbose=False)
+
+    assert report.step == 7 and report.source.endswith(os.path.join("checkpoints", "7"))
+    assert report.loaded == paths(init["backbone"], "backbone/") and len(report.loaded) == 39
+    assert report.new == ["head/classifier/bias", "head/classifier/kernel"]
+    assert report.unused == paths({"mlm_head": pre["mlm_head"], "nsp_head": pre["nsp_head"]})
+    for i in range(config.num_layers):  # layer i of the stack -> layers_i
+        for name in ("query", "out"):
+            np.testing.assert_array_equal(params["backbone"]["encoder"][f"layers_{i}"]["attention"][name]["kernel"],
+                                          pre["bert"]["encoder"]["layers"]["attention"][name]["kernel"][i])
+    np.testing.assert_array_equal(params["backbone"]["word_embeddings"]["embedding"],
+                                  pre["bert"]["word_embeddings"]["embedding"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params["head"]), head_before)
+    # Placed exactly where the train state wants each parameter.
+    flat_params = flatten_dict(params, sep="/")
+    for path, sharding in flatten_dict(layout.shardings.params, sep="/").items():
+        assert flat_params[path].sharding == sharding, path
+
+
+def test_restore_backbone_unrolled_checkpoint_into_scanned_model(tmp_path):
+    config, pre = save_pretraining_checkpoint(tmp_path / "pre", scan_layers=False)
+    init, _ = task_params(config, task="token_classification", scan_layers=True)
+    params, report = restore_backbone(init, str(tmp_path / "pre" / "checkpoints" / "7"), verbose=False)
+    assert report.new == ["head/classifier/bias", "head/classifier/kernel"]
+    assert "backbone/encoder/layers/mlp/wi/kernel" in report.loaded
+    stacked = np.asarray(params["backbone"]["encoder"]["layers"]["mlp"]["wi"]["kernel"])
+    np.testing.assert_array_equal(stacked[1], pre["bert"]["encoder"]["layers_1"]["mlp"]["wi"]["kernel"])
+
+
+def test_restore_backbone_gpt2_and_imported_workdir(tmp_path):
+    from jaxlm.convert.hf import ConversionReport, Imported, write_workdir
+
+    config, pre = save_pretraining_checkpoint(tmp_path / "gpt2", family="gpt2")
+    init, _ = task_params(config)
+    _, report = restore_backbone(init, str(tmp_path / "gpt2"), verbose=False)
+    assert report.new == ["head/score/kernel"] and report.unused == []
+    assert report.loaded == paths(pre, "backbone/")
+
+    # An imported HF workdir (jaxlm.convert's layout: params only, opt_state None), RoBERTa: no pooler anywhere.
+    roberta = get_model_config("roberta", None, **{**TINY, "max_position_embeddings": 66})
+    pre = nn.unbox(build_model(roberta).init(jax.random.key(3), X)["params"])
+    imported = Imported("roberta", roberta, jax.tree.map(np.asarray, pre), None,
+                        ConversionReport([], [], [], []), {}, [])
+    write_workdir(str(tmp_path / "hf"), imported, str(tmp_path))
+    init, _ = task_params(roberta)
+    params, report = restore_backbone(init, str(tmp_path / "hf"), verbose=False)
+    assert report.new == paths(init["head"], "head/")  # RobertaClassificationHead: dense + out_proj
+    assert {p.split("/")[1] for p in report.new} == {"dense", "out_proj"}
+    assert report.unused == paths(pre["mlm_head"], "mlm_head/")
+    np.testing.assert_array_equal(params["backbone"]["position_embeddings"]["embedding"],
+                                  pre["bert"]["position_embeddings"]["embedding"])
+
+
+def test_restore_backbone_mismatch_names_first_parameter_and_both_shapes(tmp_path):
+    save_pretraining_checkpoint(tmp_path / "wide", hidden_size=64, intermediate_size=128)
+    init, _ = task_params(get_model_config("bert", None, **TINY))
+    with pytest.raises(ValueError) as e:
+        restore_backbone(init, str(tmp_path / "wide"), verbose=False)
+    message = str(e.value)
+    assert "backbone/embeddings_norm/bias" in message and "bert/embeddings_norm/bias" in message
+    assert "(64,)" in message and "(32,)" in message
+
+    save_pretraining_checkpoint(tmp_path / "deep", num_layers=3, scan_layers=True)
+    with pytest.raises(ValueError, match=r"bert/encoder/layers_2/.* has no place .* 3 stacked layers"):
+        restore_backbone(init, str(tmp_path / "deep"), verbose=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads, losses, layer-wise lr, batches, configs
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+def test_classification_ignores_padding(family):
+    """Right padding (segment_ids 0) changes no logit: BERT/RoBERTa read [CLS], GPT-2 the last real token."""
+    config = get_model_config(family, None, **{**TINY, "max_position_embeddings": 66})
+    model = build_task_model(config, "classification", 3)
+    params = nn.unbox(model.init(jax.random.key(0), X)["params"])
+    ids = jnp.array([[5, 6, 7, 8, 9, 10]])
+    padded = jnp.array([[5, 6, 7, 8, 9, 10, 0, 0, 0]])
+    seg, seg_padded = jnp.ones_like(ids), (padded > 0).astype(jnp.int32).at[0, 5].set(1)
+    pos = jnp.arange(6)[None]
+    pos_padded = jnp.concatenate([pos, jnp.zeros((1, 3), jnp.int32)], 1)
+    a = model.apply({"params": params}, ids, segment_ids=seg, positions=pos)["logits"]
+    b = model.apply({"params": params}, padded, segment_ids=seg_padded, positions=pos_padded)["logits"]
+    assert a.shape == (1, 3)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_losses_weights_and_values():
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [9.0, -9.0]])
+    batch = {"labels": jnp.array([0, 0, 1]), "example_weights": jnp.array([1.0, 1.0, 0.0])}
+    loss, metrics = ft_losses.classification_loss({"logits": logits}, batch)
+    expected = np.mean([-jax.nn.log_softmax(logits[0])[0], -jax.nn.log_softmax(logits[1])[0]])
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)  # the weight-0 padding row does not count
+    assert float(metrics["accuracy"]) == 0.5 and float(metrics["num_tokens"]) == 2
+
+    loss, metrics = ft_losses.regression_loss({"logits": jnp.array([1.0, 3.0, 100.0])},
+                                              {"labels": jnp.array([2.0, 3.0, 0.0]),
+                                               "example_weights": jnp.array([1.0, 1.0, 0.0])})
+    np.testing.assert_allclose(loss, 0.5)
+
+    start, end = jnp.log(jnp.array([[0.5, 0.25, 0.25]])), jnp.log(jnp.array([[0.125, 0.125, 0.75]]))
+    loss, metrics = ft_losses.question_answering_loss(
+        {"start_logits": start, "end_logits": end},
+        {"start_positions": jnp.array([0]), "end_positions": jnp.array([2]), "example_weights": jnp.ones(1)})
+    np.testing.assert_allclose(loss, (np.log(2) + np.log(4 / 3)) / 2, rtol=1e-6)
+    assert float(metrics["accuracy"]) == 1.0
+
+
+def test_layerwise_lr_scales_unrolled_and_scanned():
+    for scan in (False, True):
+        config = get_model_config("bert", None, **{**TINY, "num_layers": 3, "scan_layers": scan})
+        abstract = nn.unbox(jax.eval_shape(build_task_model(config, "classification").init, jax.random.key(0),
+                                           X)["params"])
+        scales = layerwise_lr_scales(abstract, 0.5)
+        assert scales["head"]["classifier"]["kernel"] == 1.0 and scales["backbone"]["pooler"]["kernel"] == 1.0
+        assert scales["backbone"]["word_embeddings"]["embedding"] == 0.5 ** 4
+        if scan:
+            np.testing.assert_allclose(scales["backbone"]["encoder"]["layers"]["mlp"]["wi"]["kernel"].ravel(),
+                                       [0.125, 0.25, 0.5])
+        else:
+            assert [scales["backbone"]["encoder"][f"layers_{i}"]["mlp"]["wi"]["kernel"] for i in range(3)] == \
+                [0.125, 0.25, 0.5]
+
+
+def test_epoch_batches_resume_exactly():
+    from jaxlm.task_pipeline import EpochBatches
+
+    features = {"inputs": np.arange(50, dtype=np.int32)[:, None].repeat(4, 1),
+                "example_weights": np.ones(50, np.float32), "example_index": np.arange(50, dtype=np.int32)}
+    straight = EpochBatches(features, 16, ("inputs", "example_weights"), seed=3)
+    assert straight.steps_per_epoch == 4
+    batches = [next(straight) for _ in range(10)]
+    assert set(batches[0]) == {"inputs", "example_weights"}
+    first_epoch = np.concatenate([b["inputs"][:, 0] for b in batches[:4]])
+    assert sorted(first_epoch[first_epoch > 0].tolist()) == list(range(1, 50))  # each row once, then padding
+    assert batches[3]["example_weights"].sum() == 2  # 50 = 3 x 16 + 2: the rest of the last batch is padding
+    assert not np.array_equal(batches[0]["inputs"], batches[4]["inputs"])  # reshuffled per epoch
+
+    resumed = EpochBatches(features, 16, ("inputs", "example_weights"), seed=3)
+    for _ in range(6):
+        next(resumed)
+    state = json.loads(json.dumps(resumed.get_state()))
+    fresh = EpochBatches(features, 16, ("inputs", "example_weights"), seed=3)
+    fresh.set_state(state)
+    for expected in batches[6:]:
+        np.testing.assert_array_equal(next(fresh)["inputs"], expected["inputs"])
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "finetune", "*.py"))),
+                         ids=os.path.basename)
+def test_finetune_configs_load_and_fit_their_task(path):
+    from jaxlm.task_pipeline import task_spec
+
+    config = load_config_file(path)
+    spec = task_spec(config, "bert")
+    assert spec.task == config.task and config.optimizer.warmup_ratio == 0.1
+    for key in ("train_file", "eval_file"):
+        assert not config.data[key] or os.path.isfile(config.data[key]) or not os.path.isdir(DATA), config.data[key]
+
+
+def test_task_must_fit_format():
+    from jaxlm.task_pipeline import task_spec
+
+    config = finetune_config()
+    config.data.format = "stsb"
+    with pytest.raises(ValueError, match=r"config.task='classification' does not fit .*\(set --config.task=regr"):
+        task_spec(config, "bert")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: a tiny pretraining run -> fine-tuning on real task data
+
+def _task_texts():
+    """Text of the tasks' training files, so that the tiny test tokenizer has words (not letters) for them, as
+    a real tokenizer trained on a large corpus would."""
+    texts = []
+    with open(os.path.join(DATA, "glue", "SST-2", "train.tsv"), encoding="utf-8") as f:
+        next(f)
+        texts += [line.split("\t")[0].strip() for _, line in zip(range(20000), f)]
+    words = []
+    with open(os.path.join(DATA, "conll2003", "eng.train"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.startswith("-DOCSTART-"):
+                words.append(line.split()[0])
+            elif words:
+                texts.append(" ".join(words))
+                words = []
+    with open(os.path.join(DATA, "squad", "dev-v1.1.json"), encoding="utf-8") as f:
+        for article in json.load(f)["data"][:20]:
+            for paragraph in article["paragraphs"]:
+                texts += [paragraph["context"]] + [qa["question"] for qa in paragraph["qas"]]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny BERT (tests/configs/tiny.py:bert) pretrained with MLM + NSP for 300 steps on the embedded corpus.
+
+    (300 steps at this size stay on the MLM unigram plateau: the backbone is nearly untrained, so the dev
+    numbers below measure the fine-tuning pipeline, not the pretraining.)"""
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared task data not found at {DATA}")
+    from jaxlm import data, pretrain
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    source = data.load_data_source(data.prepare_pydoc(data_dir).name, "train", data_dir)
+    texts = [bytes(source[i]["text"]).decode() for i in range(len(source))] + _task_texts()
+    prefix = str(tmp_path_factory.mktemp("tok") / "sp2k")
+    data.train_tokenizer(iter(texts), prefix, 2000, input_sentence_size=30000)
+    config = load_config_file(os.path.join(ROOT, "tests", "configs", "tiny.py") + ":bert")
+    with config.unlocked():
+        config.data.data_dir = data_dir
+        config.data.tokenizer = prefix + ".model"
+        config.train.num_steps = 300
+        config.train.checkpoint_every = 300
+        config.train.log_every = 100
+    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    pretrain.run(config, workdir)
+    return workdir
+
+
+def finetune_run(config_file, workdir, init, **overrides):
+    from jaxlm import finetune
+
+    config = load_config_file(os.path.join(ROOT, "configs", "finetune", config_file))
+    with config.unlocked():
+        config.init_checkpoint = init
+        config.data.max_len = 64  # the tiny model's max_position_embeddings
+        config.optimizer.learning_rate = 1e-3  # a 32-wide model wants a larger step than BERT-base's 2e-5
+        config.train.log_every = 100
+        config.train.progress_bar = False
+        for key, value in overrides.items():
+            node = config
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    summary = finetune.run(config, str(workdir))
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["final_eval"] == summary["final_eval"]
+    return summary
+
+
+@needs_data
+@pytest.mark.slow
+def test_sst2_end_to_end_with_evaluate_and_predict(pretrained, tmp_path):
+    from jaxlm import evaluate, predict
+
+    workdir = tmp_path / "sst2"
+    summary = finetune_run("sst2.py", workdir, pretrained, **{"data.train_limit": 8000, "train.num_epochs": 2.0})
+    print("SST-2 dev:", summary["final_eval"], "best", summary["best_step"], summary["best_eval"])
+    assert summary["backbone"]["loaded"] == 39
+    assert summary["backbone"]["new"] == ["head/classifier/bias", "head/classifier/kernel"]
+    assert any(p.startswith("mlm_head/") for p in summary["backbone"]["unused"])
+    assert summary["eval_examples"] == 872 and summary["steps_per_epoch"] == 250
+    best = summary["best_eval"]["accuracy"]
+    assert best > 0.6, f"dev accuracy {best} is not clearly above the majority class (444/872 = 0.509)"
+
+    # The evaluate command scores the best checkpoint again: the same number.
+    result = evaluate.evaluate(str(workdir))
+    assert result["step"] == summary["best_step"]
+    np.testing.assert_allclose(result["accuracy"], best, atol=1e-9)
+    assert json.load(open(workdir / "eval_dev.json"))["accuracy"] == result["accuracy"]
+
+    records = [{"text": "a gorgeous , witty , seductive movie ."}, {"text": "the plot is nothing but boilerplate"}]
+    out = predict.predict(str(workdir), records)
+    assert [r["text"] for r in out] == [r["text"] for r in records]
+    for r in out:
+        assert r["label"] in ("0", "1") and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+
+
+@needs_data
+@pytest.mark.slow
+def test_resume_is_exact(pretrained, tmp_path):
+    """A run resumed from its epoch-1 checkpoint (data position included) ends with bitwise the same params as
+    the uninterrupted run; layer-wise lr decay on."""
+    from jaxlm.train import read_state
+
+    workdir = tmp_path / "run"
+    common = {"data.train_limit": 320, "data.eval_limit": 64, "train.num_epochs": 2.0, "train.keep_checkpoints": 2,
+              "optimizer.layerwise_lr_decay": 0.8}
+    straight = finetune_run("sst2.py", workdir, pretrained, **common)
+    assert straight["steps_per_epoch"] == 10 and straight["final_step"] == 20
+    final = jax.tree.map(np.asarray, read_state(str(workdir), 20)["params"])
+    import shutil
+    shutil.rmtree(workdir / "checkpoints" / "20")
+    resumed = finetune_run("sst2.py", workdir, pretrained, **common)
+    assert resumed["resumed_from"] == 10 and resumed["steps_run"] == 10
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, resumed["state"].params), final)
+    assert resumed["final_eval"]["accuracy"] == straight["final_eval"]["accuracy"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_conll2003_entity_f1_beats_the_untrained_model(pretrained, tmp_path):
+    common = {"data.train_limit": 3000, "data.eval_limit": 500}
+    untrained = finetune_run("conll2003.py", tmp_path / "untrained", pretrained, **common, **{"train.num_epochs": 0.0})
+    trained = finetune_run("conll2003.py", tmp_path / "ner", pretrained, **common, **{"train.num_epochs": 2.0})
+    before, after = untrained["final_eval"]["f1"], trained["best_eval"]["f1"]
+    print(f"CoNLL-2003 dev entity F1: untrained {before:.3f}, fine-tuned {after:.3f}")
+    assert untrained["final_step"] == 0
+    assert after > 0 and after > before + 0.05
+
+
+@needs_data
+@pytest.mark.slow
+def test_squad_end_to_end(pretrained, tmp_path):
+    from jaxlm import predict
+
+    with open(os.path.join(DATA, "squad", "dev-v1.1.json"), encoding="utf-8") as f:
+        articles = json.load(f)["data"]
+    train_file, dev_file = tmp_path / "train.json", tmp_path / "dev.json"  # disjoint articles
+    train_file.write_text(json.dumps({"version": "1.1", "data": articles[:3]}))
+    dev_file.write_text(json.dumps({"version": "1.1", "data": [articles[40]]}))
+    summary = finetune_run("squad.py", tmp_path / "squad", pretrained, **{
+        "data.train_file": str(train_file), "data.eval_file": str(dev_file), "data.train_limit": 300,
+        "data.eval_limit": 100, "data.max_query_len": 16, "data.doc_stride": 24, "train.num_epochs": 1.0})
+    metrics = summary["final_eval"]
+    print("SQuAD dev subset:", metrics)
+    assert summary["eval_examples"] == 100 and metrics["answered"] == 1.0
+    assert 0 <= metrics["exact_match"] <= metrics["f1"] <= 1
+
+    context = articles[40]["paragraphs"][0]["context"]
+    out = predict.predict(str(tmp_path / "squad"), [{"question": "What is it?", "context": context, "id": "q1"}])
+    assert out[0]["id"] == "q1" and out[0]["answer"] in context
+    assert context[out[0]["start"]:out[0]["end"]] == out[0]["answer"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_cli_bad_label_names_file_and_line(pretrained, tmp_path):
+    bad = tmp_path / "train.tsv"
+    bad.write_text("text\tlabel\ngreat fun\t1\nawful\tmaybe\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlm.finetune", f"--config={ROOT}/configs/finetune/text_classification.py:tsv",
+         f"--config.init_checkpoint={pretrained}", f"--workdir={tmp_path / 'run'}",
+         f"--config.data.train_file={bad}", "--config.data.max_len=32"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{bad}:3: label 'maybe' is not in the label list ['0', '1']" in proc.stderr
+    assert "Traceback" not in proc.stderr
