@@ -15,7 +15,7 @@ MODEL_SELECTORS = ("family", "size")
 
 def pretrain_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.objective = "mlm_nsp"  # mlm | mlm_nsp | clm
+    c.objective = "mlm_nsp"  # mlm | mlm_nsp | clm | span_corruption (T5)
     c.seed = 0
 
     c.model = ml_collections.ConfigDict(dict(
@@ -32,11 +32,14 @@ def pretrain_config() -> ml_collections.ConfigDict:
         tokenizer="",  # a sentencepiece .model; '' = train one on the training split into WORKDIR/tokenizer
         tokenizer_vocab_size=8000,
         tokenizer_model_type="unigram",
-        seq_len=128,
+        tokenizer_num_sentinels=0,  # <extra_id_N> tokens of a trained tokenizer (span_corruption: 100, as T5)
+        seq_len=128,  # span_corruption: the encoder length; the decoder's follows (T5: 512 -> 114)
         max_predictions=20,  # MLM slots per row (BERT's max_predictions_per_seq)
         mask_rate=0.15,
         whole_word_masking=False,
         nsp_examples_per_document=1,  # mlm_nsp: sentence pairs drawn from each document per epoch
+        noise_density=0.15,  # span_corruption: fraction of tokens dropped (T5: 0.15)
+        mean_noise_span_length=3.0,  # span_corruption: mean length of a dropped span (T5: 3)
         worker_count=0,  # grain worker processes
     ))
 

@@ -62,7 +62,8 @@ def load_or_train_tokenizer(config, workdir, dataset_name):
              for r in (source[i] for i in range(len(source))))
     logging.info("training a %d-piece %s tokenizer on %s", config.data.tokenizer_vocab_size,
                  config.data.tokenizer_model_type, dataset_name)
-    return data.train_tokenizer(texts, prefix, config.data.tokenizer_vocab_size, config.data.tokenizer_model_type)
+    return data.train_tokenizer(texts, prefix, config.data.tokenizer_vocab_size, config.data.tokenizer_model_type,
+                                num_sentinels=config.data.tokenizer_num_sentinels)
 
 
 def model_config_from(config, vocab_size):
@@ -76,13 +77,41 @@ def model_config_from(config, vocab_size):
     return get_model_config(config.model.family, config.model.size or None, **overrides)
 
 
-def dummy_inputs(objective, batch_size, seq_len, max_predictions):
-    import numpy as np
-
+def dummy_inputs(objective, batch_size, seq_len, max_predictions, **noise):
+    """Keyword arguments for `model.init` shaped like the objective's batches (noise: span corruption's
+    noise_density / mean_noise_span_length, which set the decoder length)."""
     from jaxlm.data import empty_batch
 
-    batch = empty_batch(objective, batch_size, seq_len, max_predictions)
+    batch = empty_batch(objective, batch_size, seq_len, max_predictions, **noise)
+    if objective == "span_corruption":  # encoder-decoder
+        return {"encoder_inputs": batch["inputs"], "decoder_inputs": batch["decoder_inputs"]}
     return {k: v for k, v in batch.items() if k in ("inputs", "segment_ids", "positions")}
+
+
+def training_flops_per_token(config, model_config, params) -> float:
+    """Analytic training FLOPs per input token, as MFU and benchmarks/estimate.py count them.
+
+    Decoder/encoder-only: 6 x matmul params + attention (jaxlm.train.metrics). MLM computes its vocabulary
+    projection only at the max_predictions masked slots, so that matmul is counted at P/L of the tokens.
+    Span corruption: each T5 stack over its own length (encoder: inputs, decoder: targets).
+    """
+    from jaxlm import data, train
+    from jaxlm.models.common import matmul_params
+
+    seq_len = config.data.seq_len
+    if config.objective == "span_corruption":
+        from jaxlm.models.t5 import seq2seq_train_flops
+
+        noise = dict(noise_density=config.data.noise_density,
+                     mean_noise_span_length=config.data.mean_noise_span_length)
+        targets = data.span_corruption_lengths(seq_len, **noise)[1]
+        return seq2seq_train_flops(model_config, params, seq_len, targets) / seq_len
+    per_token = train.transformer_train_flops_per_token(
+        matmul_params(params), model_config.num_layers, model_config.hidden_size, seq_len)
+    if config.objective in ("mlm", "mlm_nsp"):
+        unused_fraction = 1.0 - min(config.data.max_predictions, seq_len) / seq_len
+        per_token -= 6.0 * model_config.vocab_size * model_config.hidden_size * unused_fraction
+    return per_token
 
 
 def unigram_baseline_accuracy(batches) -> float | None:
@@ -120,6 +149,8 @@ def run(config, workdir: str):
     dataset_name = prepare_dataset(config)
     tokenizer = load_or_train_tokenizer(config, workdir, dataset_name)
     model_config = model_config_from(config, tokenizer.vocab_size)
+    if config.objective == "span_corruption":  # T5's generation and export read EOS from the model config
+        model_config = dataclasses.replace(model_config, eos_token_id=tokenizer.eos_id)
     model = build_model(model_config)
     mesh = sharding.make_mesh(**config.mesh)
     if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
@@ -132,7 +163,9 @@ def run(config, workdir: str):
         opt_dict["total_steps"] = config.train.num_steps
     tx, schedule = train.make_optimizer(train.OptimizerConfig.from_dict(opt_dict))
     seq_len, max_predictions = config.data.seq_len, config.data.max_predictions
-    dummy = dummy_inputs(config.objective, 1, seq_len, max_predictions)
+    noise = dict(noise_density=config.data.noise_density,
+                 mean_noise_span_length=config.data.mean_noise_span_length)
+    dummy = dummy_inputs(config.objective, 1, seq_len, max_predictions, **noise)
     state, layout = train.create_train_state(lambda rng: model.init(rng, **dummy), tx,
                                              jax.random.key(config.seed), mesh)
 
@@ -159,7 +192,7 @@ def run(config, workdir: str):
                   max_predictions=max_predictions, mask_rate=config.data.mask_rate,
                   whole_word_masking=config.data.whole_word_masking,
                   nsp_examples_per_document=config.data.nsp_examples_per_document, process_index=process_index,
-                  process_count=process_count)
+                  process_count=process_count, **noise)
     train_iter = data.make_pretraining_iterator(dataset_name, split=config.data.train_split, seed=config.seed,
                                                 worker_count=config.data.worker_count, **common)
     eval_iter_fn = None
@@ -173,8 +206,7 @@ def run(config, workdir: str):
         extra_summary["eval_mlm_unigram_baseline_accuracy"] = unigram_baseline_accuracy(eval_iter_fn())
 
     tokens_per_step = batch_size * seq_len
-    flops_per_token = train.transformer_train_flops_per_token(
-        matmul_params(state.params), model_config.num_layers, model_config.hidden_size, seq_len)
+    flops_per_token = training_flops_per_token(config, model_config, state.params)
     saved_config = {**config.to_dict(), "model_config": dataclasses.asdict(model_config),
                     "tokenizer_file": tokenizer.model_file if hasattr(tokenizer, "model_file") else None}
     peak = None

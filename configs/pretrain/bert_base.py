@@ -26,6 +26,8 @@ def get_config(phase="phase1"):
     c.model.size = "base"
     c.model.dtype = "bfloat16"
     c.data.dataset = "wikipedia/20230601.en"
+    c.data.train_split = "train[1%:]"  # TFDS wikipedia has only a train split: hold out 1% for evaluation
+    c.data.eval_split = "train[:1%]"
     c.data.tokenizer_vocab_size = 30522
     c.data.seq_len = 128 if phase == "phase1" else 512
     c.data.max_predictions = 20 if phase == "phase1" else 80  # the released code's max_predictions_per_seq

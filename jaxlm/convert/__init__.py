@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out (BERT, RoBERTa, GPT-2), with numerical parity.
+"""Hugging Face checkpoints in and out (BERT, RoBERTa, GPT-2, T5 v1.0 and v1.1), with numerical parity.
 
     from jaxlm.convert import load_hf, save_hf
     config, params, tokenizer = load_hf("path/to/hf_model_dir")        # numpy params, unrolled layout

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: BERT, RoBERTa and GPT-2.
+"""Hugging Face checkpoints in and out: BERT, RoBERTa, GPT-2 and T5 (v1.0 and v1.1).
 
 Import (`import_hf`, `load_hf`): config.json -> jaxlm config; every tensor is matched against the family's
 table (jaxlm.convert.hf_tables). Buffers and tied copies are ignored, known heads the jaxlm model lacks are
@@ -27,7 +27,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jaxlm.convert import hf_io, hf_tables
 from jaxlm.convert.tokenizers import copy_tokenizer_files, load_tokenizer
 from jaxlm.layers import stack_layers, unstack_layers
-from jaxlm.models import build_model, get_model_config
+from jaxlm.models import T5Config, build_model, get_model_config
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,26 @@ def _shape_of(x) -> tuple:
 def _abstract_params(config) -> dict:
     """Flat {path: ShapeDtypeStruct} of the unrolled model, without allocating anything."""
     model = build_model(dataclasses.replace(config, scan_layers=False))
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_inputs(config)))["params"]
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **_dummy_inputs(config)))["params"]
     return flatten_dict(nn.unbox(boxed), sep="/")
 
 
-def _dummy_inputs(config):
+def _dummy_inputs(config) -> dict:
+    """Keyword arguments for `model.init` of any family."""
+    if isinstance(config, T5Config):
+        return {"encoder_inputs": jnp.ones((1, 8), jnp.int32), "decoder_inputs": jnp.ones((1, 4), jnp.int32)}
     length = max(1, min(8, config.max_position_embeddings - getattr(config, "position_offset", 0)))
-    return jnp.ones((1, length), jnp.int32)
+    return {"inputs": jnp.ones((1, length), jnp.int32)}
+
+
+def _layer_count(config) -> int | None:
+    """For stack_layers / unstack_layers: None (each stack's own) for an encoder-decoder."""
+    return None if isinstance(config, T5Config) else config.num_layers
 
 
 def _init_params(config, seed: int) -> dict:
     model = build_model(dataclasses.replace(config, scan_layers=False))
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), _dummy_inputs(config))["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), **_dummy_inputs(config))["params"])
     return flatten_dict(jax.tree.map(np.asarray, params), sep="/")
 
 
@@ -95,7 +103,7 @@ def canonical_name(name: str, table: hf_tables.Table) -> str:
         name = name[:-len("gamma")] + "weight"
     elif name.endswith("LayerNorm.beta"):
         name = name[:-len("beta")] + "bias"
-    if not name.startswith(table.prefix + ".") and not name.startswith(table.head_prefixes):
+    if table.prefix and not name.startswith(table.prefix + ".") and not name.startswith(table.head_prefixes):
         name = f"{table.prefix}.{name}"
     return name
 
@@ -148,6 +156,13 @@ def hf_to_jaxlm_params(tensors: dict, family: str, config, *, seed: int = 0, sou
         unexpected = sorted(original for original, _ in named.values())
         raise ValueError(f"{source}: unexpected tensors not in the {family} table: {unexpected} (a different "
                          "architecture, or a model class jaxlm does not import)")
+    lm_head = [r for r in missing if r.jax == ("lm_head/kernel",)]
+    if lm_head and "token_embeddings/embedding" in flat:
+        # T5 v1.1 without lm_head.weight (T5Model, or a file transformers >= 5 wrote with the head tied): the
+        # output layer is the shared embedding, as transformers ties it on load.
+        flat["lm_head/kernel"] = np.ascontiguousarray(flat["token_embeddings/embedding"].T)
+        missing.remove(lm_head[0])
+        log.info("%s: no lm_head.weight; the output layer is the shared embedding (shared.weight)", source)
     bad_missing = [r.hf for r in missing if not any(p.startswith(HEAD_PARAMS) for p in r.jax)]
     if bad_missing:
         raise ValueError(f"{source}: missing tensors {bad_missing}")
@@ -168,7 +183,7 @@ def jaxlm_to_hf_tensors(params: dict, family: str, config, dtype: str = "float32
     the HF architecture has no place for (e.g. a pooler when exporting BERT without NSP as BertForMaskedLM)."""
     params = jax.tree.map(np.asarray, params)
     if _is_scanned(params):
-        params = unstack_layers(params, config.num_layers)
+        params = unstack_layers(params, _layer_count(config))
     flat = flatten_dict(params, sep="/")
     export_config = config
     if family == "bert" and not config.nsp_head:
@@ -212,7 +227,7 @@ def import_hf(model_dir: str, *, scan_layers: bool = False, seed: int = 0) -> Im
     params, report = hf_to_jaxlm_params(tensors, family, config, seed=seed, source=model_dir)
     if scan_layers:
         config = dataclasses.replace(config, scan_layers=True)
-        params = stack_layers(params, config.num_layers)
+        params = stack_layers(params, _layer_count(config))
     if report.new:
         log.warning("%s: heads absent from the checkpoint were initialised fresh (seed %d): %s",
                     model_dir, seed, report.new)
@@ -330,7 +345,7 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, d
             raise FileNotFoundError(f"{step_dir}: no config item and no {CONFIG_FILE}; cannot rebuild the model")
         family, config = config_from_saved(saved)
         model = build_model(config)
-        abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_inputs(config)))["params"])
+        abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **_dummy_inputs(config)))["params"])
         target = {"params": abstract}
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(

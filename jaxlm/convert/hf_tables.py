@@ -132,14 +132,56 @@ GPT2_LAYER = {
 }
 GPT2_TIED = {"lm_head.weight": "transformer.wte.weight"}
 
-# Buffers some files carry; they are not parameters (causal-mask tables, position / token-type id ranges).
-IGNORED_BUFFERS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)token_type_ids$"),
-                   re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$"))
+# ---------------------------------------------------------------------------------------------------------
+# T5 (v1.0 and v1.1; T5ForConditionalGeneration, or T5Model without lm_head). Names have no common prefix.
+# The relative position bias lives in block 0's self-attention of each stack; every layer of the stack uses it.
 
-BACKBONE_PREFIX = {"bert": "bert", "roberta": "roberta", "gpt2": "transformer"}
-HEAD_PREFIXES = {"bert": ("cls.",), "roberta": ("lm_head.",), "gpt2": ("lm_head.",)}
+def _t5_attention(hf_prefix, jax_prefix):
+    return {f"{hf_prefix}.q.weight": (f"{jax_prefix}/query/kernel", HEADS_IN),
+            f"{hf_prefix}.k.weight": (f"{jax_prefix}/key/kernel", HEADS_IN),
+            f"{hf_prefix}.v.weight": (f"{jax_prefix}/value/kernel", HEADS_IN),
+            f"{hf_prefix}.o.weight": (f"{jax_prefix}/out/kernel", HEADS_OUT)}
+
+
+def _t5_mlp(hf_prefix, jax_prefix, gated):
+    names = ("wi_0", "wi_1", "wo") if gated else ("wi", "wo")
+    return {f"{hf_prefix}.DenseReluDense.{n}.weight": (f"{jax_prefix}/mlp/{n}/kernel", LINEAR) for n in names}
+
+
+def _t5_stack(stack, gated):
+    """(per-stack rows, per-layer rows) of 'encoder' or 'decoder'."""
+    b, j = f"{stack}.block.{{i}}.layer", f"{stack}/layers_{{i}}"
+    rows = {f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+            (f"{stack}_relative_bias/embedding", COPY),
+            f"{stack}.final_layer_norm.weight": (f"{stack}_norm/scale", COPY)}
+    layer = {f"{b}.0.layer_norm.weight": (f"{j}/attention_norm/scale", COPY),
+             **_t5_attention(f"{b}.0.SelfAttention", f"{j}/attention")}
+    ff = 1
+    if stack == "decoder":
+        layer.update({f"{b}.1.layer_norm.weight": (f"{j}/cross_attention_norm/scale", COPY),
+                      **_t5_attention(f"{b}.1.EncDecAttention", f"{j}/cross_attention")})
+        ff = 2
+    layer.update({f"{b}.{ff}.layer_norm.weight": (f"{j}/mlp_norm/scale", COPY), **_t5_mlp(f"{b}.{ff}", j, gated)})
+    return rows, layer
+
+
+T5_SHARED = {"shared.weight": ("token_embeddings/embedding", COPY)}
+T5_LM_HEAD = {"lm_head.weight": ("lm_head/kernel", LINEAR)}  # v1.1 only; v1.0's is the shared embedding
+T5_TIED = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+
+# Buffers some files carry; they are not parameters (causal-mask tables, position / token-type id ranges; T5's
+# unused cross-attention bias table that old checkpoints hold and transformers ignores too).
+IGNORED_BUFFERS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)token_type_ids$"),
+                   re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$"),
+                   re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
+
+T5_FAMILIES = ("t5", "t5_v1_1")
+BACKBONE_PREFIX = {"bert": "bert", "roberta": "roberta", "gpt2": "transformer", "t5": "", "t5_v1_1": ""}
+HEAD_PREFIXES = {"bert": ("cls.",), "roberta": ("lm_head.",), "gpt2": ("lm_head.",), "t5": ("lm_head.",),
+                 "t5_v1_1": ("lm_head.",)}
 # What `to-hf` writes, by family (BERT without its NSP head is written as BertForMaskedLM).
-HF_ARCHITECTURE = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}
+HF_ARCHITECTURE = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel",
+                   "t5": "T5ForConditionalGeneration", "t5_v1_1": "T5ForConditionalGeneration"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,13 +230,25 @@ def table_for(family: str, config) -> Table:
         p = BACKBONE_PREFIX[family]
         rows = _expand(GPT2_EMBEDDINGS) + _expand(GPT2_LAYER, config.num_layers)
         droppable, tied = [], GPT2_TIED
+    elif family in T5_FAMILIES:
+        p = ""
+        rows = _expand(T5_SHARED)
+        for stack, layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
+            stack_rows, layer_rows = _t5_stack(stack, config.is_gated)
+            rows += _expand(stack_rows) + _expand(layer_rows, layers)
+        droppable, tied = [], dict(T5_TIED)
+        if config.tie_word_embeddings:
+            tied["lm_head.weight"] = "shared.weight"
+        else:
+            rows += _expand(T5_LM_HEAD)
     else:
         raise ValueError(f"no Hugging Face table for family {family!r}; supported: {sorted(BACKBONE_PREFIX)}")
     return Table(tuple(rows), tuple(droppable), dict(tied), p, HEAD_PREFIXES[family])
 
 
 def dims(config) -> dict:
-    return {"H": config.num_heads, "K": config.hidden_size // config.num_heads, "D": config.hidden_size}
+    head_dim = getattr(config, "d_kv", None) or config.hidden_size // config.num_heads
+    return {"H": config.num_heads, "K": head_dim, "D": config.hidden_size}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,7 +262,7 @@ HF_TO_JAXLM_ACTIVATION = {
 }
 JAXLM_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "gelu_pytorch_tanh",
                           "relu": "relu", "silu": "silu", "linear": "linear"}
-MODEL_TYPE_TO_FAMILY = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2"}
+MODEL_TYPE_TO_FAMILY = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "t5": "t5"}
 
 
 def _activation(hf_config: dict, key: str) -> str:
@@ -240,6 +294,8 @@ def jaxlm_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
     """config.json -> (family, fields of BertConfig / GPT2Config). Features jaxlm lacks are errors."""
     family = family_of(hf_config)
     g = hf_config.get
+    if family == "t5":
+        return _t5_fields_from_hf(hf_config)
     if family in ("bert", "roberta"):
         _require(hf_config, "position_embedding_type", "absolute", "relative position embeddings")
         _require(hf_config, "is_decoder", False, "BERT as a decoder")
@@ -271,11 +327,66 @@ def jaxlm_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
         bos_token_id=g("bos_token_id", 50256), eos_token_id=eos)
 
 
+def t5_scales_decoder_output(hf_config: dict) -> bool:
+    """T5 v1.0 scales the decoder output by d_model**-0.5 before the (tied) output layer; v1.1 does not. Older
+    configs say so with tie_word_embeddings (false for v1.1); transformers >= 5 writes scale_decoder_outputs."""
+    return bool(hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True) is not False))
+
+
+def _t5_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
+    g = hf_config.get
+    architectures = g("architectures") or []
+    if "T5EncoderModel" in architectures:
+        raise ValueError("config.json: architectures=['T5EncoderModel'] holds no decoder; jaxlm imports T5 "
+                         "encoder-decoders (T5ForConditionalGeneration, T5Model)")
+    proj = g("feed_forward_proj", "relu")
+    parts = proj.split("-")
+    if parts[-1] not in ACTIVATIONS or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+        raise ValueError(f"config.json: feed_forward_proj={proj!r} has no jaxlm equivalent; supported: ACT or "
+                         f"gated-ACT with ACT in {sorted(ACTIVATIONS)}")
+    if g("is_decoder", False):
+        raise ValueError("config.json: is_decoder=true (a decoder-only T5 stack) is not supported")
+    fields = dict(
+        vocab_size=g("vocab_size"), d_model=g("d_model"), d_kv=g("d_kv"), d_ff=g("d_ff"), num_layers=g("num_layers"),
+        num_decoder_layers=g("num_decoder_layers") or g("num_layers"), num_heads=g("num_heads"),
+        relative_attention_num_buckets=g("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=g("relative_attention_max_distance", 128),
+        dropout_rate=g("dropout_rate", 0.1), layer_norm_eps=g("layer_norm_epsilon", 1e-6), feed_forward_proj=proj,
+        tie_word_embeddings=t5_scales_decoder_output(hf_config), initializer_factor=g("initializer_factor", 1.0),
+        pad_token_id=g("pad_token_id", 0) if g("pad_token_id") is not None else 0,
+        eos_token_id=g("eos_token_id", 1) if isinstance(g("eos_token_id", 1), int) else g("eos_token_id")[0],
+        decoder_start_token_id=g("decoder_start_token_id", 0) if g("decoder_start_token_id") is not None else 0)
+    return ("t5_v1_1" if proj.startswith("gated-") else "t5"), fields
+
+
+def _t5_config_to_hf(out: dict, config) -> dict:
+    act = config.activations[0]
+    out.update(
+        model_type="t5", vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
+        num_layers=config.num_layers, num_decoder_layers=config.decoder_layers, num_heads=config.num_heads,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance, dropout_rate=config.dropout_rate,
+        layer_norm_epsilon=config.layer_norm_eps, feed_forward_proj=config.feed_forward_proj,
+        dense_act_fn=JAXLM_TO_HF_ACTIVATION[act], is_gated_act=config.is_gated,
+        initializer_factor=config.initializer_factor, pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id, decoder_start_token_id=config.decoder_start_token_id,
+        is_encoder_decoder=True, is_decoder=False,
+        # v1.1 (untied) as the released configs say it, and as transformers >= 5 reads it
+        tie_word_embeddings=config.tie_word_embeddings, scale_decoder_outputs=config.tie_word_embeddings)
+    return out
+
+
 def hf_config_from_jaxlm(family: str, config, architecture: str, base: dict | None = None,
                          dtype: str = "float32") -> dict:
     """jaxlm config -> config.json. `base` (the imported model's config.json) keeps the fields jaxlm does not
     model (token ids, tokenizer_class, ...); the architecture fields always come from `config`."""
     out = dict(base or {})
+    if family in T5_FAMILIES:
+        out = _t5_config_to_hf(out, config)
+        out["architectures"] = [architecture]
+        out.pop("torch_dtype", None)
+        out["dtype"] = dtype
+        return out
     act = JAXLM_TO_HF_ACTIVATION[config.hidden_act]
     if family in ("bert", "roberta"):
         if out.get("hidden_act") in HF_TO_JAXLM_ACTIVATION and HF_TO_JAXLM_ACTIVATION[out["hidden_act"]] == \

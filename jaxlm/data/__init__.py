@@ -22,6 +22,7 @@ from jaxlm.data.pipeline import (
     make_eval_iterator,
     make_pretraining_dataset,
     make_pretraining_iterator,
+    span_corruption_lengths,
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -30,5 +31,5 @@ __all__ = [
     "PreparedCorpus", "TextFilesConfig", "TokenizedDocuments", "Tokenizer", "batch_spec",
     "default_max_predictions", "empty_batch", "load_data_source", "make_eval_iterator",
     "make_pretraining_dataset", "make_pretraining_iterator", "prepare_pydoc", "prepare_text_files",
-    "split_sentences", "train_tokenizer",
+    "span_corruption_lengths", "split_sentences", "train_tokenizer",
 ]

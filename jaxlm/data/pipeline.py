@@ -1,14 +1,18 @@
-"""grain input pipelines: a TFDS text source -> fixed-shape host batches for MLM, MLM+NSP or CLM.
+"""grain input pipelines: a TFDS text source -> fixed-shape host batches for MLM, MLM+NSP, CLM or T5's span
+corruption.
 
     source (random access) -> shuffle(seed) -> repeat -> slice(process_index::process_count) ->
       clm:     tokenize + EOS -> concat-then-split packing (grain) -> batch
+      span_corruption: tokenize -> concat-then-split into raw chunks (T5's length for seq_len inputs) ->
+               corrupt each chunk (random_map) -> batch
       mlm:     tokenize sentences -> '[CLS] ... [SEP]' chunks -> first-fit packing -> batch -> mask
       mlm_nsp: (before the slice) sentence pair + mask per example index -> batch
 
 Resumable bit for bit: every random choice is a function of (seed, position), never of the
 iterator's history. Shuffling is grain's index shuffle; NSP negatives and their masks use
-`MapDataset.random_map` (rng from (seed, global example index)); masks of packed MLM batches use
-`IterDataset.random_map` (rng from (seed, process, batch counter); the counter is in the state);
+`MapDataset.random_map` (rng from (seed, global example index)); masks of packed MLM batches and span
+corruption noise use `IterDataset.random_map` (rng from (seed, process, element counter); the counter is
+in the state);
 grain's packers checkpoint the parent position they started the current pack from.
 
 Iterator state (`it.get_state()`): a JSON-serialisable nested dict of str -> int / list / dict
@@ -21,7 +25,14 @@ Batch format (numpy, per process; B = batch_size, L = seq_len, P = max_predictio
   mlm:     inputs, segment_ids, positions, token_types [B,L] int32;
            masked_positions, masked_targets [B,P] int32; masked_weights [B,P] float32
   mlm_nsp: the mlm keys + nsp_labels [B] int32 (0 = B follows A, 1 = random)
+  span_corruption (T = targets length, T5's for L, e.g. 114 for 512; one example per row):
+           inputs, segment_ids [B,L] int32 (encoder; sentinels and EOS included, 0 = padding);
+           targets, decoder_inputs [B,T] int32 (decoder_inputs = targets shifted right after the
+           decoder start id 0); weights [B,T] float32 (0 on padding)
 Padding rows (eval's last batch) have segment_ids == 0 everywhere and zero weights.
+
+Span corruption concatenates documents with no separator, as T5 does (its C4 task), and cuts the stream
+into chunks that corrupt to exactly L inputs; only the stream's last chunk is shorter (padded).
 
 CLM rows pack (input, target) pairs, so a document's EOS appears only as the target of its last
 real token: weights are 0 on padding only, and no target is lost where a long document is cut
@@ -44,23 +55,37 @@ from absl import flags, logging
 from jaxlm.data import corpus
 from jaxlm.data.tokenizer import Tokenizer
 
-OBJECTIVES = ("mlm", "mlm_nsp", "clm")
+OBJECTIVES = ("mlm", "mlm_nsp", "clm", "span_corruption")
 _MLM_KEYS = ("inputs", "segment_ids", "positions", "token_types",
              "masked_positions", "masked_targets", "masked_weights")
 BATCH_KEYS = {
     "clm": ("inputs", "targets", "weights", "segment_ids", "positions"),
     "mlm": _MLM_KEYS,
     "mlm_nsp": _MLM_KEYS + ("nsp_labels",),
+    "span_corruption": ("inputs", "segment_ids", "targets", "decoder_inputs", "weights"),
 }
 _FLOAT_KEYS = ("weights", "masked_weights")
+_DECODER_KEYS = ("targets", "decoder_inputs", "weights")  # span_corruption: [B, targets_length]
 
 
-def batch_spec(objective: str, batch_size: int, seq_len: int, max_predictions: int
+def span_corruption_lengths(seq_len: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+                            ) -> tuple[int, int]:
+    """(raw tokens per chunk, targets length) for seq_len encoder inputs (T5's compute_input_and_target_lengths)."""
+    from jaxlm.objectives.span_corruption import compute_input_and_target_lengths
+
+    return compute_input_and_target_lengths(seq_len, noise_density, mean_noise_span_length)
+
+
+def batch_spec(objective: str, batch_size: int, seq_len: int, max_predictions: int,
+               noise_density: float = 0.15, mean_noise_span_length: float = 3.0
                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """key -> (shape, dtype) of a host batch: what the pipeline promises and tests check."""
     shapes = {"masked_positions": (batch_size, max_predictions),
               "masked_targets": (batch_size, max_predictions),
               "masked_weights": (batch_size, max_predictions), "nsp_labels": (batch_size,)}
+    if objective == "span_corruption":
+        targets_length = span_corruption_lengths(seq_len, noise_density, mean_noise_span_length)[1]
+        shapes.update({k: (batch_size, targets_length) for k in _DECODER_KEYS})
     return {k: (shapes.get(k, (batch_size, seq_len)),
                 np.dtype(np.float32 if k in _FLOAT_KEYS else np.int32))
             for k in BATCH_KEYS[objective]}
@@ -188,6 +213,43 @@ class _ClmTokenize:
             if len(ids) - 1 > self.seq_len:
                 self.stats.add("long_split")
         return {"inputs": ids[:-1], "targets": ids[1:]}
+
+
+@dataclasses.dataclass
+class _Tokenize:
+    """record -> {'tokens': ids} of one document, no EOS (T5's span corruption); None if empty."""
+
+    tokenizer: Tokenizer
+    text_key: str
+    stats: corpus.DataStats | None
+
+    def __call__(self, record):
+        ids = np.asarray(self.tokenizer.encode(record_text(record, self.text_key, self.stats)), np.int32)
+        if self.stats is not None:
+            self.stats.add("documents" if ids.size else "empty_skipped")
+        return {"tokens": ids} if ids.size else None
+
+
+@dataclasses.dataclass
+class _SpanCorrupt:
+    """A concat-then-split chunk -> one span-corrupted row; the rng comes from grain (seeded by position)."""
+
+    sentinel_ids: tuple[int, ...]
+    eos_id: int
+    pad_id: int
+    inputs_length: int
+    targets_length: int
+    noise_density: float
+    mean_noise_span_length: float
+
+    def __call__(self, chunk: dict, rng: np.random.Generator) -> dict:
+        from jaxlm.objectives.span_corruption import span_corruption_example
+
+        tokens = chunk["tokens"][chunk["tokens_segment_ids"] > 0]
+        return span_corruption_example(
+            tokens, rng, sentinel_ids=self.sentinel_ids, eos_id=self.eos_id, inputs_length=self.inputs_length,
+            targets_length=self.targets_length, noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length, pad_id=self.pad_id, decoder_start_id=self.pad_id)
 
 
 def _clm_row(row: dict) -> dict:
@@ -320,10 +382,11 @@ class _Finalize:
         return out
 
 
-def empty_batch(objective: str, batch_size: int, seq_len: int, max_predictions: int) -> dict:
+def empty_batch(objective: str, batch_size: int, seq_len: int, max_predictions: int,
+                noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> dict:
     """All-padding batch (zero weights everywhere), e.g. to fill a fixed number of eval steps."""
-    return {k: np.zeros(shape, dtype)
-            for k, (shape, dtype) in batch_spec(objective, batch_size, seq_len, max_predictions).items()}
+    spec = batch_spec(objective, batch_size, seq_len, max_predictions, noise_density, mean_noise_span_length)
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -345,6 +408,8 @@ def make_pretraining_dataset(
     mask_rate: float = 0.15,
     whole_word_masking: bool = False,
     nsp_examples_per_document: int = 1,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
     seed: int = 0,
     shuffle: bool = True,
     num_epochs: int | None = None,
@@ -366,6 +431,9 @@ def make_pretraining_dataset(
     nsp_examples_per_document: mlm_nsp makes this many pairs per document per epoch (each with its own
       random A chunk, label and mask; BERT's create_instances_from_document walks a document in
       several chunks for the same reason); keeps small corpora from being one batch per epoch.
+    noise_density, mean_noise_span_length: span_corruption's fraction of tokens dropped and mean span length
+      (T5: 0.15 and 3); seq_len is the encoder length, the targets length follows from them. The tokenizer
+      needs sentinels (train it with num_sentinels=100).
     stats: counts documents / empty / invalid UTF-8 / long-split as the pipeline reads them
       (in-process only: with worker_count > 0 the counting happens in the workers).
     """
@@ -403,7 +471,22 @@ def make_pretraining_dataset(
     else:
         ds = shard(front(grain.MapDataset.source(src)))
         mask_seed = derive_seed(seed, _SALT_MASK, process_index)
-        if objective == "clm":
+        if objective == "span_corruption":
+            chunk_length, targets_length = span_corruption_lengths(seq_len, noise_density, mean_noise_span_length)
+            from jaxlm.objectives.span_corruption import noise_span_counts
+            needed = noise_span_counts(chunk_length, noise_density, mean_noise_span_length)[1]
+            if len(tokenizer.sentinel_ids) < needed:
+                raise ValueError(f"pipeline (span_corruption): {tokenizer!r} has {len(tokenizer.sentinel_ids)} "
+                                 f"sentinel tokens (<extra_id_N>) but seq_len={seq_len} makes {needed} noise spans "
+                                 "per row; train the tokenizer with num_sentinels=100 (config.data."
+                                 "tokenizer_num_sentinels)")
+            ds = ds.map(_Tokenize(tokenizer, text_key, stats))
+            it = grain.experimental.ConcatThenSplitIterDataset(ds.to_iter_dataset(read_options),
+                                                               length_struct={"tokens": chunk_length})
+            it = it.random_map(_SpanCorrupt(tuple(tokenizer.sentinel_ids), tokenizer.eos_id, tokenizer.pad_id,
+                                            seq_len, targets_length, noise_density, mean_noise_span_length),
+                               seed=mask_seed)
+        elif objective == "clm":
             ds = ds.map(_ClmTokenize(tokenizer, text_key, seq_len, stats))
             it = grain.experimental.ConcatThenSplitIterDataset(
                 ds.to_iter_dataset(read_options), length_struct={"inputs": seq_len, "targets": seq_len})
@@ -417,8 +500,8 @@ def make_pretraining_dataset(
             it = it.random_map(_MaskPackedBatch(masker), seed=mask_seed)
     if objective != "mlm":
         it = it.batch(batch_size, drop_remainder=drop_remainder)
-    it = it.map(_Finalize(objective, batch_spec(objective, batch_size, seq_len, max_predictions),
-                          pad_to_batch_size=not drop_remainder))
+    spec = batch_spec(objective, batch_size, seq_len, max_predictions, noise_density, mean_noise_span_length)
+    it = it.map(_Finalize(objective, spec, pad_to_batch_size=not drop_remainder))
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults are fine)
             flags.FLAGS.mark_as_parsed()
@@ -494,6 +577,7 @@ def make_eval_iterator(
     if num_batches is not None:
         max_predictions = kwargs.get("max_predictions") or default_max_predictions(
             seq_len, kwargs.get("mask_rate", 0.15))
+        noise = {k: kwargs[k] for k in ("noise_density", "mean_noise_span_length") if k in kwargs}
         it = _FixedBatchesIterDataset(it, num_batches,
-                                      empty_batch(objective, batch_size, seq_len, max_predictions))
+                                      empty_batch(objective, batch_size, seq_len, max_predictions, **noise))
     return iter(it)

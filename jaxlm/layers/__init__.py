@@ -5,9 +5,10 @@ from jaxlm.layers.embeddings import Embed
 from jaxlm.layers.masks import make_attention_mask, make_causal_mask, combine_masks
 from jaxlm.layers.mlp import FeedForward
 from jaxlm.layers.norms import LayerNorm, RMSNorm
+from jaxlm.layers.positions import RelativePositionBias, relative_position_bucket
 
 __all__ = [
-    "BlockConfig", "Embed", "FeedForward", "LayerNorm", "MultiHeadAttention", "RMSNorm", "TransformerBlock",
-    "TransformerStack", "combine_masks", "make_attention_mask", "make_causal_mask", "stack_layers",
-    "unstack_layers",
+    "BlockConfig", "Embed", "FeedForward", "LayerNorm", "MultiHeadAttention", "RMSNorm", "RelativePositionBias",
+    "TransformerBlock", "TransformerStack", "combine_masks", "make_attention_mask", "make_causal_mask",
+    "relative_position_bucket", "stack_layers", "unstack_layers",
 ]

@@ -2,6 +2,12 @@
 
 The bias hook (`bias`, broadcastable to [batch, heads, q_len, kv_len]) is where T5's relative position buckets
 and XLNet's relative encodings come in; masks come from `jaxlm.layers.masks`.
+
+Decode mode (`decode=True`, the 'cache' collection):
+- self-attention keeps a KV cache of max_decode_length positions (`_update_cache`);
+- cross-attention (`cross_attention=True`) keeps the encoder's projected keys/values: a call that passes
+  `inputs_kv` (the encoder outputs) computes and stores them, a call with `inputs_kv=None` reads them back, so
+  an encoder-decoder projects its encoder outputs once per sequence, not once per generated token.
 """
 from typing import Any
 
@@ -53,6 +59,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     init_stddev: float = 0.02
     out_init_stddev: float | None = None
+    query_init_stddev: float | None = None  # T5 folds 1/sqrt(head_dim) into the query initialisation
+    cross_attention: bool = False  # attends to `inputs_kv` (encoder outputs); caches their K/V in decode mode
     attention_impl: str = "xla"  # "xla" (einsum) or "dot_product" (jax.nn.dot_product_attention, fused on GPU/TPU)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -60,15 +68,24 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q_BxQxD, inputs_kv_BxKxD=None, *, mask=None, bias=None,
                  deterministic: bool = True, decode: bool = False):
-        self_attention = inputs_kv_BxKxD is None
-        inputs_kv_BxKxD = inputs_q_BxQxD if self_attention else inputs_kv_BxKxD
+        self_attention = inputs_kv_BxKxD is None and not self.cross_attention
         features = inputs_q_BxQxD.shape[-1]
-        project = lambda name, x: HeadsProjection(  # noqa: E731
-            self.num_heads, self.head_dim, features, use_bias=self.use_bias, init_stddev=self.init_stddev,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
-        q_BxQxHxK = project("query", inputs_q_BxQxD)
-        k_BxKxHxK = project("key", inputs_kv_BxKxD)
-        v_BxKxHxK = project("value", inputs_kv_BxKxD)
+
+        def project(name, x, stddev=self.init_stddev):
+            return HeadsProjection(self.num_heads, self.head_dim, features, use_bias=self.use_bias,
+                                   init_stddev=stddev, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+
+        query_std = self.query_init_stddev if self.query_init_stddev is not None else self.init_stddev
+        q_BxQxHxK = project("query", inputs_q_BxQxD, query_std)
+        if self.cross_attention and decode:
+            k_BxKxHxK, v_BxKxHxK = self._cached_cross_kv(project, inputs_kv_BxKxD)
+        else:
+            if inputs_kv_BxKxD is None and self.cross_attention:
+                raise ValueError(f"{self.name}: cross-attention needs inputs_kv (the encoder outputs) outside "
+                                 "decode mode")
+            inputs_kv_BxKxD = inputs_q_BxQxD if self_attention else inputs_kv_BxKxD
+            k_BxKxHxK = project("key", inputs_kv_BxKxD)
+            v_BxKxHxK = project("value", inputs_kv_BxKxD)
         heads_axes = ("activation_batch", "activation_length", "activation_heads", "kv")
         q_BxQxHxK = nn.with_logical_constraint(q_BxQxHxK, heads_axes)
         k_BxKxHxK = nn.with_logical_constraint(k_BxKxHxK, heads_axes)
@@ -101,6 +118,21 @@ class MultiHeadAttention(nn.Module):
         return HeadsProjection(self.num_heads, self.head_dim, features, to_heads=False, use_bias=self.use_bias,
                                init_stddev=out_std, dtype=self.dtype, param_dtype=self.param_dtype,
                                name="out")(out_BxQxHxK)
+
+    def _cached_cross_kv(self, project, inputs_kv_BxSxD):
+        """Decode-mode cross-attention keys/values: projected and stored when the encoder outputs are given,
+        read from the cache when they are None (every later step)."""
+        if inputs_kv_BxSxD is not None:
+            k_BxSxHxK, v_BxSxHxK = project("key", inputs_kv_BxSxD), project("value", inputs_kv_BxSxD)
+            cached_key = self.variable("cache", "cross_key", jnp.zeros, k_BxSxHxK.shape, k_BxSxHxK.dtype)
+            cached_value = self.variable("cache", "cross_value", jnp.zeros, v_BxSxHxK.shape, v_BxSxHxK.dtype)
+            cached_key.value, cached_value.value = k_BxSxHxK, v_BxSxHxK
+            return k_BxSxHxK, v_BxSxHxK
+        if not self.has_variable("cache", "cross_key"):
+            raise ValueError(f"{self.name}: decode mode with inputs_kv=None reads cached cross-attention keys/values,"
+                             " but the cache has none; pass the encoder outputs on the first decoder call (and to "
+                             "init)")
+        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
     def _update_cache(self, k_BxTxHxK, v_BxTxHxK, mask):
         """Writes this call's keys/values at `cache_index` and attends over the whole cache.

@@ -43,6 +43,9 @@ class BlockConfig:
     attention_dropout_rate: float = 0.1
     init_stddev: float = 0.02
     out_init_stddev: float | None = None  # GPT-2 scales residual projections by 1/sqrt(2 * layers)
+    query_init_stddev: float | None = None  # None: init_stddev (T5: (d_model * head_dim) ** -0.5)
+    mlp_out_init_stddev: float | None = None  # None: out_init_stddev (T5: d_ff ** -0.5)
+    mlp_dropout_rate: float = 0.0  # dropout between the feed-forward's two matmuls (T5)
     attention_impl: str = "xla"
     cross_attention: bool = False
     scan_layers: bool = False
@@ -69,12 +72,13 @@ class TransformerBlock(nn.Module):
         return LayerNorm(epsilon=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, use_bias=c.use_bias,
                          name=name)
 
-    def _attention(self, name):
+    def _attention(self, name, cross=False):
         c = self.config
         return MultiHeadAttention(
             num_heads=c.num_heads, head_dim=c.head_dim, use_bias=c.use_bias, scale_logits=c.scale_logits,
             dropout_rate=c.attention_dropout_rate, init_stddev=c.init_stddev, out_init_stddev=c.out_init_stddev,
-            attention_impl=c.attention_impl, dtype=c.dtype, param_dtype=c.param_dtype, name=name)
+            query_init_stddev=c.query_init_stddev, cross_attention=cross, attention_impl=c.attention_impl,
+            dtype=c.dtype, param_dtype=c.param_dtype, name=name)
 
     @nn.compact
     def __call__(self, x_BxLxD, mask=None, bias=None, encoded_BxSxD=None, encoder_mask=None):
@@ -83,11 +87,12 @@ class TransformerBlock(nn.Module):
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ACTIVATION_AXES)
         attend = lambda h: self._attention("attention")(  # noqa: E731
             h, mask=mask, bias=bias, deterministic=self.deterministic, decode=self.decode)
-        cross = lambda h: self._attention("cross_attention")(  # noqa: E731
-            h, encoded_BxSxD, mask=encoder_mask, deterministic=self.deterministic)
+        cross = lambda h: self._attention("cross_attention", cross=True)(  # noqa: E731
+            h, encoded_BxSxD, mask=encoder_mask, deterministic=self.deterministic, decode=self.decode)
+        mlp_out_std = c.mlp_out_init_stddev if c.mlp_out_init_stddev is not None else c.out_init_stddev
         mlp = lambda h: FeedForward(  # noqa: E731
-            c.mlp_dim, activations=c.activations, use_bias=c.use_bias, dropout_rate=0.0,
-            init_stddev=c.init_stddev, out_init_stddev=c.out_init_stddev, dtype=c.dtype,
+            c.mlp_dim, activations=c.activations, use_bias=c.use_bias, dropout_rate=c.mlp_dropout_rate,
+            init_stddev=c.init_stddev, out_init_stddev=mlp_out_std, dtype=c.dtype,
             param_dtype=c.param_dtype, name="mlp")(h, deterministic=self.deterministic)
 
         sublayers = [("attention_norm", attend)]
@@ -134,12 +139,16 @@ class TransformerStack(nn.Module):
         return x_BxLxD
 
 
-def stack_layers(tree, num_layers: int, prefix: str = "layers"):
-    """Unrolled -> scanned layout, anywhere in a nested dict: `layers_0..N-1` become one `layers` entry."""
+def stack_layers(tree, num_layers: int | None, prefix: str = "layers"):
+    """Unrolled -> scanned layout, anywhere in a nested dict: `layers_0..N-1` become one `layers` entry.
+
+    num_layers None: each stack's own count (an encoder-decoder's stacks may differ in depth)."""
     if not isinstance(tree, dict):
         return tree
     if f"{prefix}_0" in tree:
-        layers = [tree[f"{prefix}_{i}"] for i in range(num_layers)]
+        count = num_layers if num_layers is not None else sum(
+            1 for k in tree if k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit())
+        layers = [tree[f"{prefix}_{i}"] for i in range(count)]
         rest = {k: stack_layers(v, num_layers, prefix) for k, v in tree.items()
                 if not (k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit())}
         rest[prefix] = jax.tree.map(lambda *xs: np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs),
@@ -148,14 +157,15 @@ def stack_layers(tree, num_layers: int, prefix: str = "layers"):
     return {k: stack_layers(v, num_layers, prefix) for k, v in tree.items()}
 
 
-def unstack_layers(tree, num_layers: int, prefix: str = "layers"):
-    """Scanned -> unrolled layout (the inverse of `stack_layers`)."""
+def unstack_layers(tree, num_layers: int | None, prefix: str = "layers"):
+    """Scanned -> unrolled layout (the inverse of `stack_layers`); num_layers None: the stacked axis's size."""
     if not isinstance(tree, dict):
         return tree
     out = {}
     for k, v in tree.items():
         if k == prefix and isinstance(v, dict):
-            for i in range(num_layers):
+            count = num_layers if num_layers is not None else jax.tree.leaves(v)[0].shape[0]
+            for i in range(count):
                 out[f"{prefix}_{i}"] = jax.tree.map(lambda x, i=i: x[i], v)
         else:
             out[k] = unstack_layers(v, num_layers, prefix)

@@ -3,6 +3,7 @@ import dataclasses
 
 from jaxlm.models.bert import BertConfig, BertForPreTraining
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxlm.models.t5 import T5Config, T5ForConditionalGeneration
 
 
 def _bert(layers, hidden):
@@ -26,10 +27,32 @@ GPT2_SIZES = {
     "xl": dict(num_layers=48, hidden_size=1600, num_heads=25, intermediate_size=6400),
 }
 
+
+
+def _t5(d_model, d_ff, d_kv, num_heads, num_layers):
+    return dict(d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_heads=num_heads, num_layers=num_layers)
+
+
+# T5 v1.0: Raffel et al. 2020, section 3.7 and the released checkpoints (google-t5/t5-small ... t5-11b).
+T5_SIZES = {
+    "small": _t5(512, 2048, 64, 8, 6), "base": _t5(768, 3072, 64, 12, 12), "large": _t5(1024, 4096, 64, 16, 24),
+    "3b": _t5(1024, 16384, 128, 32, 24), "11b": _t5(1024, 65536, 128, 128, 24),
+}
+# T5 v1.1 (google/t5-v1_1-*): gated-GELU feed-forward, untied output layer, no dropout in pretraining.
+T5_V1_1_COMMON = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+T5_V1_1_SIZES = {
+    "small": _t5(512, 1024, 64, 6, 8), "base": _t5(768, 2048, 64, 12, 12), "large": _t5(1024, 2816, 64, 16, 24),
+    "xl": _t5(2048, 5120, 64, 32, 24), "xxl": _t5(4096, 10240, 64, 64, 24),
+}
+# Fields every config of a family starts from (before its size and the caller's overrides).
+FAMILY_DEFAULTS = {"roberta": ROBERTA_COMMON, "t5_v1_1": T5_V1_1_COMMON}
+
 FAMILIES = {
     "bert": (BertConfig, BertForPreTraining, BERT_SIZES),
     "roberta": (BertConfig, BertForPreTraining, ROBERTA_SIZES),
     "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2_SIZES),
+    "t5": (T5Config, T5ForConditionalGeneration, T5_SIZES),
+    "t5_v1_1": (T5Config, T5ForConditionalGeneration, T5_V1_1_SIZES),
 }
 
 
@@ -38,7 +61,7 @@ def get_model_config(family: str, size: str | None = None, **overrides):
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
     config_cls, _, sizes = FAMILIES[family]
-    fields = dict(ROBERTA_COMMON) if family == "roberta" else {}
+    fields = dict(FAMILY_DEFAULTS.get(family, {}))
     if size is not None:
         if size not in sizes:
             raise ValueError(f"unknown {family} size {size!r}; choose one of {list(sizes)}")

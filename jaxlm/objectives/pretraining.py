@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxlm.objectives import losses
 
-OBJECTIVES = ("mlm", "mlm_nsp", "clm")
+OBJECTIVES = ("mlm", "mlm_nsp", "clm", "span_corruption")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +81,42 @@ def make_clm_loss(model, config: LossConfig = LossConfig()) -> Callable:
     return loss_fn
 
 
+def make_seq2seq_loss(model, config: LossConfig = LossConfig()) -> Callable:
+    """Encoder-decoder (T5): CE of the decoder's predictions of `targets` given `inputs` (encoder) and
+    `decoder_inputs` (targets shifted right), weighted by `weights`. Span corruption and seq2seq fine-tuning
+    share it. Optional keys: segment_ids (encoder, 0 = padding), decoder_segment_ids, positions, decoder_positions.
+    """
+
+    def loss_fn(params, batch, rng):
+        kwargs = dict(encoder_segment_ids=batch.get("segment_ids"),
+                      decoder_segment_ids=batch.get("decoder_segment_ids"),
+                      encoder_positions=batch.get("positions"), decoder_positions=batch.get("decoder_positions"),
+                      deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+        if config.logits_chunk_size and not config.label_smoothing and not config.z_loss:
+            hidden = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"], return_hidden=True,
+                                 **kwargs)
+            loss_sum, weight_sum, correct = losses.chunked_cross_entropy(
+                hidden, model.output_embedding(params), batch["targets"], batch["weights"],
+                chunk_size=config.logits_chunk_size)
+            denom = jnp.maximum(weight_sum, 1e-8)
+            loss, acc = loss_sum / denom, correct / denom
+            ce = loss
+        else:
+            logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"], **kwargs)
+            loss, ce, acc, weight_sum = _ce_mean(logits, batch["targets"], batch["weights"], config)
+        return loss, {"loss": loss, "accuracy": acc, "perplexity": jnp.exp(ce), "num_tokens": weight_sum}
+
+    return loss_fn
+
+
 def make_pretraining_loss(objective: str, model, config: LossConfig = LossConfig()) -> Callable:
     if objective == "clm":
         return make_clm_loss(model, config)
+    if objective == "span_corruption":
+        if not hasattr(model, "encode"):
+            raise ValueError(f"objective 'span_corruption' needs an encoder-decoder (model.family 't5' or 't5_v1_1'),"
+                             f" got {type(model).__name__}")
+        return make_seq2seq_loss(model, config)
     if objective in ("mlm", "mlm_nsp"):
         if objective == "mlm_nsp" and not model.config.nsp_head:
             raise ValueError("objective 'mlm_nsp' needs a model with nsp_head=True (RoBERTa configs have none)")
