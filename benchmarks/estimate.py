@@ -1,0 +1,270 @@
+"""How long and how much: the FLOPs, time and cost of a pretraining config on a hardware slice, at a stated MFU.
+
+    .venv/bin/python benchmarks/estimate.py configs/pretrain/bert_base.py:phase1 --slice v4-32 --slice v5e-32
+    .venv/bin/python benchmarks/estimate.py configs/pretrain/gpt2_small.py --slice 8xH100 --mfu 0.5
+    .venv/bin/python benchmarks/estimate.py --all [--markdown]   # every reproduction recipe, its suggested slice
+
+FLOPs are the training loop's own analytic count (jaxlm.train.metrics.transformer_train_flops_per_token):
+6 x matmul parameters + 12 x layers x d_model x seq_len per token (attention scores and values), times
+batch x seq_len x steps; for T5's span corruption, jaxlm.models.t5.seq2seq_train_flops (each stack over its own
+length: the encoder over the inputs, the decoder over the targets). So "at 40% MFU" means "if the run reports MFU 0.40 in metrics.jsonl". Parameter counts
+come from the real model (jax.eval_shape of its init: no memory, no device). Times assume the slice does
+nothing but train steps (no evaluation, checkpoint or start-up time); costs are chips x hours x list price.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
+
+# USD per chip-hour (per GPU-hour), on-demand list prices in US regions as published on cloud.google.com/tpu/pricing
+# and the Compute Engine GPU pricing page; recalled, not fetched: check them before you budget. Spot prices move
+# (up to once every 30 days) and differ by region; SPOT_FRACTION of on-demand is an assumption, not a price list.
+PRICES_AS_OF = "2025"
+ON_DEMAND_USD_PER_CHIP_HOUR = {"v4": 3.22, "v5e": 1.20, "v5p": 4.20, "v6e": 2.70, "a100": 3.67, "h100": 11.06,
+                               "h200": None}
+SPOT_FRACTION = 0.40
+# Names as jax reports device_kind, for jaxlm.train.metrics.peak_flops_per_device (one table for MFU and here).
+DEVICE_KIND = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5p", "v6e": "TPU v6 lite",
+               "a100": "NVIDIA A100-SXM4-80GB", "h100": "NVIDIA H100 80GB HBM3", "h200": "NVIDIA H200"}
+
+# The reproduction recipes and the slice their docstrings suggest. start_step: phase 2 continues phase 1's
+# step counter (config.train.init_from), so it trains num_steps - 900,000 steps.
+RECIPES = (
+    ("configs/pretrain/bert_base.py:phase1", "v4-32", 0),
+    ("configs/pretrain/bert_base.py:phase2", "v4-32", 900_000),
+    ("configs/pretrain/bert_large.py:phase1", "v4-64", 0),
+    ("configs/pretrain/bert_large.py:phase2", "v4-64", 900_000),
+    ("configs/pretrain/roberta_base.py", "v4-128", 0),
+    ("configs/pretrain/gpt2_small.py", "v4-32", 0),
+    ("configs/pretrain/gpt2_medium.py", "v4-64", 0),
+    # The T5 docstrings name no slice: v4-32 (16 chips, 8 sequences of 512 each per step) is assumed.
+    ("configs/pretrain/t5_small.py", "v4-32", 0),
+    ("configs/pretrain/t5_base.py", "v4-32", 0),
+)
+
+
+def _pod_module():
+    """tpu/pod.py (standard library only) owns the accelerator-name -> chips/hosts rules."""
+    if "jaxlm_tpu_pod" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("jaxlm_tpu_pod", os.path.join(ROOT, "tpu", "pod.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules["jaxlm_tpu_pod"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    name: str  # as given: v4-32, 8xH100
+    kind: str  # key of ON_DEMAND_USD_PER_CHIP_HOUR / DEVICE_KIND
+    chips: int  # accelerators = JAX devices
+    hosts: int
+    peak_flops_per_chip: float  # dense bf16
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        price = ON_DEMAND_USD_PER_CHIP_HOUR[self.kind]
+        return None if price is None else price * self.chips
+
+
+def parse_hardware(name: str) -> Hardware:
+    """'v4-32', 'v5e-256', 'v5litepod-16', 'v5p-128', 'v6e-64' (TPU slices) or 'NxH100' / 'NxA100' / 'NxH200'."""
+    from jaxlm.train.metrics import peak_flops_per_device
+
+    gpu = re.fullmatch(r"(\d+)\s*x\s*(a100|h100|h200)", name.strip().lower())
+    if gpu:
+        n, kind = int(gpu.group(1)), gpu.group(2)
+        if n < 1:
+            raise ValueError(f"hardware {name!r}: need at least one GPU")
+        return Hardware(name, kind, n, math.ceil(n / 8), peak_flops_per_device(DEVICE_KIND[kind]))
+    try:
+        slice_ = _pod_module().parse_accelerator(name)
+    except ValueError as e:
+        raise ValueError(f"{e}; GPUs are written NxH100, NxA100 or NxH200 (e.g. 8xH100)") from None
+    return Hardware(slice_.accelerator_type, slice_.generation, slice_.chips, slice_.hosts,
+                    peak_flops_per_device(DEVICE_KIND[slice_.generation]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelNumbers:
+    family: str
+    size: str
+    matmul_params: int  # N of the 6N rule (all params but position / token-type lookup tables)
+    total_params: int
+    num_layers: int  # encoder + decoder layers for T5
+    hidden_size: int
+    flops_per_token: float  # training FLOPs per (input) token, as the loop counts them
+
+
+def model_numbers(config) -> ModelNumbers:
+    """Parameter counts and training FLOPs per token of the config's model (vocabulary: config.model.vocab_size
+    if set, else the tokenizer_vocab_size the run would train), from abstract shapes only. The FLOPs are
+    counted as jaxlm.pretrain.run counts them for MFU (span corruption: encoder over the inputs, decoder over
+    the targets)."""
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from jaxlm.models import build_model
+    from jaxlm.models.common import matmul_params
+    from jaxlm.pretrain import dummy_inputs, model_config_from, training_flops_per_token
+
+    model_config = model_config_from(config, config.data.tokenizer_vocab_size)
+    model = build_model(model_config)
+    seq_len = config.data.seq_len
+    noise = {}
+    if config.objective == "span_corruption":
+        noise = dict(noise_density=config.data.noise_density,
+                     mean_noise_span_length=config.data.mean_noise_span_length)
+    dummy = dummy_inputs(config.objective, 1, seq_len, config.data.max_predictions, **noise)
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy)))["params"]
+    total = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+    width = getattr(model_config, "hidden_size", None) or model_config.d_model
+    layers = model_config.num_layers + getattr(model_config, "decoder_layers", 0)
+    per_token = training_flops_per_token(config, model_config, shapes)
+    return ModelNumbers(config.model.family, config.model.size or "custom", matmul_params(shapes), total, layers,
+                        width, per_token)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    config: str
+    hardware: Hardware
+    model: ModelNumbers
+    mfu: float
+    steps: int
+    batch_size: int
+    seq_len: int
+    flops_per_token: float
+    tokens: int
+    flops: float
+    tokens_per_second: float
+    seconds: float
+    usd_on_demand: float | None
+    usd_spot: float | None
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600
+
+
+def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, name: str = "") -> Estimate:
+    """FLOPs, time and cost of training `config` from `start_step` to config.train.num_steps."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu={mfu}: must be in (0, 1]")
+    steps = config.train.num_steps - start_step
+    if steps <= 0:
+        raise ValueError(f"start_step={start_step} is not below config.train.num_steps={config.train.num_steps}")
+    model = model_numbers(config)
+    seq_len, batch = config.data.seq_len, config.train.batch_size
+    per_token = model.flops_per_token
+    tokens = batch * seq_len * steps
+    flops = per_token * tokens
+    flops_per_second = hardware.chips * hardware.peak_flops_per_chip * mfu
+    seconds = flops / flops_per_second
+    usd = None if hardware.usd_per_hour is None else seconds / 3600 * hardware.usd_per_hour
+    return Estimate(name, hardware, model, mfu, steps, batch, seq_len, per_token, tokens, flops,
+                    flops_per_second / per_token, seconds, usd, None if usd is None else usd * SPOT_FRACTION)
+
+
+def load(spec: str):
+    """A config file path (optionally file.py:arg), relative to the working directory or the repository."""
+    from jaxlm.config_defaults import load_config_file
+
+    path, sep, arg = spec.partition(":")
+    if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
+        path = os.path.join(ROOT, path)
+    return load_config_file(path + sep + arg)
+
+
+def _count(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def _usd(x: float | None) -> str:
+    return "-" if x is None else f"${x:,.0f}"
+
+
+COLUMNS = ("config", "hardware", "chips", "hosts", "params (6N)", "steps", "tokens", "train FLOPs",
+           "tokens/s", "time", "on-demand", "spot")
+
+
+def rows(estimates: list[Estimate]) -> list[tuple[str, ...]]:
+    return [(e.config, e.hardware.name, str(e.hardware.chips), str(e.hardware.hosts), _count(e.model.matmul_params),
+             _count(e.steps), _count(e.tokens), f"{e.flops:.3g}", _count(e.tokens_per_second), _duration(e.seconds),
+             _usd(e.usd_on_demand), _usd(e.usd_spot)) for e in estimates]
+
+
+def format_table(estimates: list[Estimate], markdown: bool = False) -> str:
+    body = rows(estimates)
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*COLUMNS), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
+
+
+def footnote(mfu: float) -> str:
+    prices = ", ".join(f"{k} ${v:.2f}" for k, v in ON_DEMAND_USD_PER_CHIP_HOUR.items() if v is not None)
+    return (f"At {mfu:.0%} MFU of dense bf16 peak; FLOPs = (6N + 12 x layers x d_model x seq) x tokens, N = matmul "
+            f"params (all but position/token-type tables). On-demand USD per chip-hour ({PRICES_AS_OF} list prices, "
+            f"US regions): {prices}; spot = {SPOT_FRACTION:.0%} of on-demand (assumed). Train steps only: no "
+            "evaluation, checkpointing, compilation or queueing time.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/estimate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="configs/pretrain/NAME.py[:arg]")
+    parser.add_argument("--slice", "--hardware", dest="slices", action="append",
+                        help="v4-32, v5e-256, v5p-128, v6e-64, 8xH100, ... (repeatable; default v4-32)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
+    parser.add_argument("--start_step", type=int, default=0, help="continue from this step (phase 2: 900000)")
+    parser.add_argument("--all", action="store_true", help="every reproduction recipe on its suggested slice")
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    args = parser.parse_args(argv)
+    if args.all == bool(args.config):
+        parser.error("give a config file or --all")
+    if args.all:
+        todo = [(spec, [hw], start) for spec, hw, start in RECIPES]
+        if args.slices:
+            todo = [(spec, args.slices, start) for spec, _, start in RECIPES]
+    else:
+        todo = [(args.config, args.slices or ["v4-32"], args.start_step)]
+    estimates = []
+    try:
+        for spec, hardware_names, start in todo:
+            config = load(spec)
+            name = os.path.relpath(spec, ROOT) if os.path.isabs(spec) else spec
+            name = name.replace("configs/pretrain/", "")
+            for hw in hardware_names:
+                estimates.append(estimate(config, parse_hardware(hw), args.mfu, start, name))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(estimates, args.markdown))
+    print()
+    print(footnote(args.mfu))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
