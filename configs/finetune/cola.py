@@ -9,6 +9,7 @@ The GLUE CoLA files are not in ../shared/data: pass them, e.g.
 Hyperparameters: the BERT paper's GLUE recipe (Devlin et al. 2019, section 4.1 and appendix A.3): Adam, lr 2e-5
 (grid {5e-5, 3e-5, 2e-5}), batch 32, 3 epochs, 10% linear warmup then linear decay, weight decay 0.01, dropout
 0.1, max sequence length 128.
+Reproduces: BERT paper table 1 (GLUE test), CoLA Matthews correlation 52.1 (BERT-base) / 60.5 (BERT-large).
 """
 from jaxlm.config_defaults import finetune_config
 

@@ -7,6 +7,7 @@ the best of several seeds (--config.seed).
 
 Data licence: MRPC is under the Microsoft Research Shared Source licence, non-commercial research use only
 (see ../shared/data/glue/MRPC/MSR_Shared_Source_License.htm).
+Reproduces: BERT paper table 1 (GLUE test), MRPC F1 88.9 (BERT-base) / 89.3 (BERT-large).
 """
 import os
 
