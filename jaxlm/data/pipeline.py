@@ -362,7 +362,7 @@ class _NspExample:
 
 @dataclasses.dataclass
 class _Finalize:
-    """Casts a batch to the spec dtypes, pads a short final batch, checks every shape."""
+    """Casts a batch to the batch_spec dtypes, pads a short final batch, checks every shape."""
 
     objective: str
     spec: dict

@@ -1,7 +1,7 @@
 """Examples -> fixed-shape numpy features, and batches of them.
 
 A feature set is a dict of numpy arrays that share the leading dimension N (one row per model input; a QA
-example or a long sentence can give several rows). Every set has the spec's model inputs and bookkeeping:
+example or a long sentence can give several rows). Every set has the model inputs of jaxlm's batch format and bookkeeping:
 
     inputs, segment_ids, positions, token_types   [N, L] int32  (segment_ids: 1 on real tokens, 0 on padding)
     example_index                                  [N]    int32  (which example the row came from)
