@@ -1,6 +1,6 @@
 """Train-step throughput of jaxlm against Hugging Face transformers' PyTorch models, on one CPU device.
 
-    .venv/bin/python benchmarks/train_step.py               # the full table (~15 min on 2 cores)
+    .venv/bin/python benchmarks/train_step.py               # the full table (~10 min on 2 quiet cores)
     .venv/bin/python benchmarks/train_step.py --quick       # fewer rows and steps (~5 min)
     .venv/bin/python benchmarks/train_step.py --models gpt2 --steps 5 --flag-sets default,xnn
 
@@ -308,7 +308,6 @@ def worker_torch(spec: dict) -> dict:
 
 def worker_peak(spec: dict) -> dict:
     """fp32 matmul peak of XLA (jaxlm's own measurement, larger n) and, for reference, of torch."""
-    import jax
     import jax.numpy as jnp
 
     from jaxlm.train import measure_matmul_peak_flops
@@ -329,7 +328,6 @@ def worker_peak(spec: dict) -> dict:
         out["torch_gflops"] = 2 * 2048 ** 3 / best / 1e9
     except ImportError:
         out["torch_gflops"] = None
-    del jax
     return out
 
 
@@ -492,8 +490,10 @@ def main(argv=None) -> int:
 
     def record(section, spec, result):
         results.append({"section": section, "spec": spec, "result": result})
-        status = result.get("error") or (f"{result['step_s']:.2f} s/step" if "step_s" in result else
-                                         f"compile {result.get('compile_s', 0):.1f} s")
+        status = result.get("error") or (
+            f"{result['step_s']:.2f} s/step" if "step_s" in result else
+            f"compile {result['compile_s']:.1f} s" if "compile_s" in result else
+            f"{result.get('xla_gflops', 0):.0f} GFLOP/s")
         print(f"  [{section}] {json.dumps(spec)} -> {status}", file=sys.stderr, flush=True)
         return result
 
