@@ -115,10 +115,7 @@ def run(config, workdir: str):
     from jaxlm.train import metrics as mx
     from jaxlm.train.backbone import restore_backbone
 
-    if config.distributed.initialize or config.distributed.coordinator_address:
-        d = config.distributed
-        sharding.maybe_initialize_distributed(
-            d.coordinator_address or None, d.num_processes or None, None if d.process_id < 0 else d.process_id)
+    sharding.initialize_from_config(config.distributed)
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     spec, model_config, model, tokenizer_path, tokenizer = build(config, workdir)

@@ -136,10 +136,7 @@ def run(config, workdir: str):
     from jaxlm.models.common import matmul_params
     from jaxlm.objectives.pretraining import LossConfig, make_pretraining_loss
 
-    if config.distributed.initialize or config.distributed.coordinator_address:
-        d = config.distributed
-        sharding.maybe_initialize_distributed(
-            d.coordinator_address or None, d.num_processes or None, None if d.process_id < 0 else d.process_id)
+    sharding.initialize_from_config(config.distributed)
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     batch_size = config.train.batch_size

@@ -239,3 +239,12 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
     return jax.process_count() > 1
+
+
+def initialize_from_config(distributed) -> bool:
+    """`config.distributed` of a pretraining / fine-tuning config -> maybe_initialize_distributed."""
+    if not (distributed.initialize or distributed.coordinator_address):
+        return False
+    return maybe_initialize_distributed(
+        distributed.coordinator_address or None, distributed.num_processes or None,
+        None if distributed.process_id < 0 else distributed.process_id)

@@ -35,13 +35,10 @@ def run(cmd, devices=8, timeout=600):
 
 
 def train_losses(workdir):
-    by_step = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "train" and "loss" in r:
-                by_step[r["step"]] = r["loss"]
-    return by_step
+    """step -> train loss, read by the project's own metrics reader."""
+    from jaxlm.train.metrics import loss_history, read_metrics
+
+    return dict(zip(*loss_history(read_metrics(str(workdir)), "train")))
 
 
 def final_params(workdir):

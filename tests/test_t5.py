@@ -189,13 +189,10 @@ def test_missing_encoder_outputs_are_named_errors():
 
 
 def _train_losses(workdir):
-    by_step = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "train" and "loss" in r:
-                by_step[r["step"]] = r["loss"]
-    return by_step
+    """step -> train loss, read by the project's own metrics reader."""
+    from jaxlm.train.metrics import loss_history, read_metrics
+
+    return dict(zip(*loss_history(read_metrics(str(workdir)), "train")))
 
 
 @pytest.mark.slow
