@@ -1,6 +1,7 @@
 """FLOPs, MFU, metric writers (JSONL, TensorBoard, tqdm) and the end-of-run report.
 
-Only process 0 writes files or draws the progress bar; other processes get no-op writers.
+Only process 0 writes files or draws the progress bar; other processes get no-op writers. The workdir may
+be local or remote (gs://, s3://, ...): files go through etils.epath, like Orbax's checkpoints.
 """
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -109,22 +113,88 @@ def _scalar(v: Any) -> float | int:
     return v.item() if v.size == 1 else float(v.mean())
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """A path with a scheme (gs://, s3://, ...): an object store, reached through epath's fsspec backend."""
+    return "://" in os.fspath(path)
+
+
+class _ObjectFile:
+    """A file on an object store that grows by appends. Objects cannot be appended to, so the whole text is
+    kept in memory and the object rewritten by flush(). It starts from the object's current text, so a
+    resumed run extends the file as a local append would."""
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+        self._parts = [path.read_text()] if path.exists() else []
+        self._dirty = False
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            self.path.write_text("".join(self._parts))
+            self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _MirroredDir:
+    """A local temp dir whose files sync() copies to a remote dir, for tensorboardX: it writes local paths
+    (and gs:// only through google-cloud-storage, outside epath). Event files only grow, so one whose
+    size has not changed since its last copy is skipped."""
+
+    def __init__(self, remote: epath.Path):
+        self.local = tempfile.mkdtemp(prefix="jaxlm-tensorboard-")
+        self.remote = remote
+        self._copied: dict[str, int] = {}
+
+    def sync(self) -> None:
+        for entry in os.scandir(self.local):
+            size = entry.stat().st_size
+            if self._copied.get(entry.name) != size:
+                with open(entry.path, "rb") as f:
+                    (self.remote / entry.name).write_bytes(f.read())
+                self._copied[entry.name] = size
+
+    def close(self) -> None:
+        self.sync()
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
 class MetricWriter:
     """Appends {"step", "split", "time", ...} lines to workdir/metrics.jsonl and mirrors them as
-    TensorBoard scalars `<split>/<name>` in workdir/tensorboard. No-op on processes other than 0."""
+    TensorBoard scalars `<split>/<name>` in workdir/tensorboard. No-op on processes other than 0.
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True, enabled: bool | None = None):
+    A local metrics.jsonl is appended to and flushed on every write. On a remote workdir, metrics.jsonl
+    is rewritten whole (`_ObjectFile`) and the event files, written to a local temp dir, are copied up
+    (`_MirroredDir`): at most every `sync_every_s` seconds from write(), and always on flush() and close()
+    (events still in tensorboardX's queue at a flush go up with the next sync; close() drains it).
+    """
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, enabled: bool | None = None,
+                 sync_every_s: float = 60.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, METRICS_FILE)
+        self.remote = is_remote(workdir)
+        self.sync_every_s = sync_every_s
+        self._synced_at = time.monotonic()
         self._file = None
         self._tb = None
+        self._tb_mirror = None
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        self._file = _ObjectFile(epath.Path(self.path)) if self.remote else open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter  # slow import: only when used
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            tb_dir = os.path.join(workdir, TENSORBOARD_DIR)
+            if self.remote:
+                self._tb_mirror = _MirroredDir(epath.Path(tb_dir))
+                tb_dir = self._tb_mirror.local
+            self._tb = SummaryWriter(tb_dir)
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
@@ -132,16 +202,27 @@ class MetricWriter:
         values = {k: _scalar(v) for k, v in metrics.items() if v is not None}
         record = {"step": int(step), "split": split, "time": time.time(), **values}
         self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
+        if not self.remote:
+            self._file.flush()
+        elif time.monotonic() - self._synced_at >= self.sync_every_s:
+            try:
+                self.flush()
+            except Exception as e:  # every sync rewrites all: a failed one loses nothing, so keep training
+                self._synced_at = time.monotonic()
+                log.warning("could not copy metrics to %s (retrying in %.0f s): %s", os.path.dirname(self.path),
+                            self.sync_every_s, e)
 
     def flush(self) -> None:
         if self._file:
             self._file.flush()
         if self._tb:
             self._tb.flush()
+        if self._tb_mirror:
+            self._tb_mirror.sync()
+        self._synced_at = time.monotonic()
 
     def close(self) -> None:
         if self._file:
@@ -150,6 +231,9 @@ class MetricWriter:
         if self._tb:
             self._tb.close()
             self._tb = None
+        if self._tb_mirror:
+            self._tb_mirror.close()
+            self._tb_mirror = None
 
 
 class ProgressBar:
@@ -185,11 +269,11 @@ class ProgressBar:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    """Every record of workdir/metrics.jsonl (local or remote), in the order written; [] if none."""
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def loss_history(records: Iterable[Mapping[str, Any]], split: str) -> tuple[list[int], list[float]]:
@@ -226,7 +310,8 @@ def plot_loss_curves(workdir: str, path: str | None = None) -> str | None:
     ax.legend()
     fig.tight_layout()
     path = path or os.path.join(workdir, LOSS_CURVE_FILE)
-    fig.savefig(path)
+    with epath.Path(path).open("wb") as f:  # matplotlib opens local paths only: hand it a file
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or None)
     return path
 
 
@@ -254,9 +339,9 @@ def write_summary(workdir: str, summary: Mapping[str, Any], *, plot: bool = True
     """summary.json + printed table + loss curve (process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, default=repr)
+    directory = epath.Path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=repr))
     if echo:
         print("\n" + format_summary(summary), flush=True)
     if plot:
