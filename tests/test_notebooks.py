@@ -19,6 +19,7 @@ EXPECTED = {
     "quickstart.ipynb": "the reloaded model makes the same predictions",
     "import_hf.ipynb": "parity within 1e-4: OK",
     "finetune.ipynb": "accuracy",
+    "generate.ipynb": "generate notebook: OK",
 }
 
 
@@ -42,6 +43,8 @@ def test_the_notebooks_exist():
     assert {"quickstart.ipynb", "import_hf.ipynb"} <= set(_present())
     if os.path.exists(os.path.join(ROOT, "jaxlm", "finetune.py")):
         assert "finetune.ipynb" in _present()
+    if os.path.exists(os.path.join(ROOT, "jaxlm", "generate.py")):
+        assert "generate.ipynb" in _present()
 
 
 @pytest.mark.parametrize("name", _present())
@@ -87,6 +90,7 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert EXPECTED[name] in text, text[-2000:]
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == {"quickstart.ipynb": 1, "import_hf.ipynb": 0, "finetune.ipynb": 1}[name]
+    assert len(images) == {"quickstart.ipynb": 1, "import_hf.ipynb": 0, "finetune.ipynb": 1,
+                           "generate.ipynb": 0}[name]
     after = set(os.listdir(runs)) if os.path.isdir(runs) else set()
     assert after == before, f"the notebook wrote into the repository: {sorted(after - before)}"
