@@ -219,3 +219,29 @@ def test_t5model_old_style_files_and_encoder_only_checkpoints(hf_dirs, tmp_path)
     json.dump({**config, "architectures": ["T5EncoderModel"]}, open(directory / "config.json", "w"))
     with pytest.raises(ValueError, match="T5EncoderModel.*holds no decoder"):
         import_hf(str(directory))
+
+
+def test_appended_sentinels_match_t5tokenizer(tmp_path):
+    """Released T5 spiece.model files have no <extra_id_*> pieces: T5Tokenizer appends 100 ids after them, and so
+    does jaxlm's Tokenizer for a model directory whose tokenizer_config.json says extra_ids (span corruption can
+    then continue pretraining an imported T5 with its own vocabulary)."""
+    transformers = pytest.importorskip("transformers")
+    texts = [text for _, text in pydoc_documents()][:60]
+    train_tokenizer(iter(texts), tmp_path / "sp", vocab_size=150)  # no sentinels of its own
+    model_dir = tmp_path / "t5tok"
+    model_dir.mkdir()
+    shutil.copy(tmp_path / "sp.model", model_dir / "spiece.model")
+    (model_dir / "tokenizer_config.json").write_text('{"extra_ids": 100}')
+    from jaxlm.convert import load_tokenizer
+
+    ours = load_tokenizer(str(model_dir), "t5")
+    theirs = transformers.T5Tokenizer.from_pretrained(str(model_dir))
+    assert ours.vocab_size == len(theirs) == 250
+    expected = [theirs.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(100)]
+    assert list(ours.sentinel_ids) == expected and expected[0] == 249 and expected[99] == 150
+    assert [ours.piece_to_id(f"<extra_id_{i}>") for i in (0, 7)] == expected[:1] + expected[7:8]
+    text = "The class statement defines a new object."
+    ids = ours.encode("The class") + [ours.sentinel_ids[0]] + ours.encode("a new object.") + [ours.sentinel_ids[1]]
+    assert ours.decode(ids) == theirs.decode(ids, clean_up_tokenization_spaces=False)
+    assert ours.id_to_piece(expected[3]) == "<extra_id_3>" and ours.encode(text) == theirs.encode(text)[:-1]
+    assert ours.word_starts(np.array(ids)).shape == (len(ids),)

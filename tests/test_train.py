@@ -248,6 +248,7 @@ def test_weight_decay_skips_biases_and_norm_scales():
     ("linear", {0: 0.0, 5: 0.5, 10: 1.0, 60: 0.55, 110: 0.1, 500: 0.1}),
     ("cosine", {0: 0.0, 5: 0.5, 10: 1.0, 35: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)), 60: 0.55, 110: 0.1}),
     ("inverse_sqrt", {5: 0.5, 10: 1.0, 40: 0.5, 1000: 0.1}),
+    ("rsqrt_decay", {0: 1.0, 5: 1.0, 10: 1.0, 40: 0.5, 1000: 0.1}),  # T5: 1 / sqrt(max(step, warmup)), no ramp
     ("constant", {0: 0.0, 5: 0.5, 10: 1.0, 1000: 1.0}),
 ])
 def test_schedule_values(kind, points):

@@ -12,9 +12,8 @@ Unified Text-to-Text Transformer", JMLR 21):
 - Training (section 3.1.2): 2^19 = 524,288 steps, batch 128 sequences of 512 tokens (~2^16 tokens), Adafactor,
   inverse square root schedule 1/sqrt(max(n, k)) with k = 10^4 warm-up steps, i.e. 0.01 for 10^4 steps then
   decaying (= 0.01 * sqrt(10^4 / n)). Adafactor as Mesh TF / t5x run it: decay rate 0.8, update clipping 1.0,
-  updates scaled by the parameter RMS, factored second moments, no weight decay, no gradient clipping.
-  jaxlm's warm-up ramps linearly to 0.01 over the first 10^4 steps where T5 holds it constant; the decay after
-  that is the same.
+  updates scaled by the parameter RMS, factored second moments, no weight decay, no gradient clipping
+  (optimizer.schedule='rsqrt_decay' is exactly that schedule, t5x's name for it).
 
 Mesh: data parallel, bf16 compute.
 """
@@ -39,7 +38,7 @@ def get_config():
     c.data.mean_noise_span_length = 3.0
     c.optimizer.name = "adafactor"
     c.optimizer.learning_rate = 0.01
-    c.optimizer.schedule = "inverse_sqrt"
+    c.optimizer.schedule = "rsqrt_decay"
     c.optimizer.warmup_steps = 10_000
     c.optimizer.weight_decay = 0.0
     c.optimizer.max_grad_norm = 0.0

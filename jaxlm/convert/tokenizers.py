@@ -69,6 +69,10 @@ class HFTokenizer:
         for name in SPECIAL_NAMES:
             token = self._special_tokens.get(name)
             self._ids[name] = self._backend.token_to_id(token) if token is not None else None
+        sentinels = []  # T5's <extra_id_0>, <extra_id_1>, ... (added tokens in its tokenizer.json)
+        while (i := self._backend.token_to_id(f"<extra_id_{len(sentinels)}>")) is not None:
+            sentinels.append(i)
+        self.sentinel_ids = tuple(sentinels)
         added = [t.content for t in self._backend.get_added_tokens_decoder().values() if t.special]
         specials = {i for i in self._ids.values() if i is not None}
         specials |= {self._backend.token_to_id(t) for t in added}
@@ -101,7 +105,6 @@ class HFTokenizer:
     cls_id = property(lambda self: self._required("cls"))
     sep_id = property(lambda self: self._required("sep"))
     mask_id = property(lambda self: self._required("mask"))
-    sentinel_ids: tuple[int, ...] = ()
 
     @property
     def special_ids(self) -> tuple[int, ...]:
@@ -109,7 +112,7 @@ class HFTokenizer:
         return self._special_ids
 
     def special_tokens(self) -> dict[str, int | None]:
-        return {**self._ids, "num_sentinels": 0}
+        return {**self._ids, "num_sentinels": len(self.sentinel_ids)}
 
     @property
     def backend(self):
@@ -272,7 +275,8 @@ def load_tokenizer(model_dir: str, family: str | None = None):
         if os.path.isfile(path(name)):
             from jaxlm.data.tokenizer import Tokenizer
 
-            return Tokenizer(path(name))
+            # T5Tokenizer appends `extra_ids` sentinels (100) after the sentencepiece pieces.
+            return Tokenizer(path(name), extra_ids=int(config.get("extra_ids", 0) or 0))
     return None
 
 

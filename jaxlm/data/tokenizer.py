@@ -9,6 +9,11 @@ Models trained here have a fixed layout, so that data code and models can rely o
 appears in the input). Existing models (ALBERT, XLNet, T5, ...) load as they are: the ids are
 looked up by piece ('[CLS]' or '<cls>', ...), and a token the model lacks raises an error that
 names the model file when it is asked for.
+
+T5's released spiece.model has no sentinel pieces: Hugging Face's T5Tokenizer appends 100 ids after
+the 32,000 pieces, <extra_id_0> = 32099 down to <extra_id_99> = 32000. `Tokenizer(file, extra_ids=100)`
+does the same (only for a model without <extra_id_*> pieces of its own), so span corruption can
+continue pretraining an imported T5 with its own vocabulary.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Tokenizer:
     """
 
     def __init__(self, model_file: str | os.PathLike | None = None, *,
-                 model_proto: bytes | None = None):
+                 model_proto: bytes | None = None, extra_ids: int = 0):
         if (model_file is None) == (model_proto is None):
             raise ValueError("Tokenizer: pass exactly one of model_file or model_proto")
         self.model_file = os.fspath(model_file) if model_file is not None else "<in-memory model>"
@@ -50,6 +55,7 @@ class Tokenizer:
             with open(self.model_file, "rb") as f:
                 model_proto = f.read()
         self._model_proto = model_proto
+        self._requested_extra_ids = extra_ids
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._init_tables()
 
@@ -58,16 +64,19 @@ class Tokenizer:
         return cls(model_file)
 
     def __getstate__(self):
-        return {"model_file": self.model_file, "model_proto": self._model_proto}
+        return {"model_file": self.model_file, "model_proto": self._model_proto,
+                "extra_ids": self._requested_extra_ids}
 
     def __setstate__(self, state):
         self.model_file = state["model_file"]
         self._model_proto = state["model_proto"]
+        self._requested_extra_ids = state.get("extra_ids", 0)
         self._sp = spm.SentencePieceProcessor(model_proto=self._model_proto)
         self._init_tables()
 
     def __repr__(self):
-        return f"Tokenizer({self.model_file!r}, vocab_size={self.vocab_size})"
+        extra = f", extra_ids={self._extra_ids}" if self._extra_ids else ""
+        return f"Tokenizer({self.model_file!r}, vocab_size={self.vocab_size}{extra})"
 
     def _init_tables(self):
         sp = self._sp
@@ -77,12 +86,16 @@ class Tokenizer:
         sentinels = []
         while (i := self._find(sentinel_piece(len(sentinels)))) is not None:
             sentinels.append(i)
+        # Appended sentinels (HF's T5 layout), only when the model has none of its own.
+        self._num_pieces = sp.get_piece_size()
+        self._extra_ids = 0 if sentinels else self._requested_extra_ids
+        sentinels = sentinels or [self._num_pieces + self._extra_ids - 1 - i for i in range(self._extra_ids)]
         self._sentinel_ids = tuple(sentinels)
         specials = {self._ids["cls"], self._ids["sep"], self._ids["mask"], *sentinels}
         specials |= {i for i in (sp.pad_id(), sp.bos_id(), sp.eos_id()) if i >= 0}
         self._special_ids = tuple(sorted(i for i in specials if i is not None))
         # Per-vocab lookup tables so that word_starts is a vectorised gather.
-        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())] + [""] * self._extra_ids
         self._starts_word_V = np.array([p.startswith(WORD_START_MARK) for p in pieces], dtype=bool)
         self._starts_word_V[list(self._special_ids)] = True
         for i in range(sp.get_piece_size()):
@@ -106,7 +119,7 @@ class Tokenizer:
     # ----- ids -----
     @property
     def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
+        return self._num_pieces + self._extra_ids
 
     @property
     def pad_id(self) -> int:
@@ -183,12 +196,34 @@ class Tokenizer:
         return ids, [(int(to_char[p.begin]), int(to_char[p.end])) for p in proto.pieces]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if not self._extra_ids or all(i < self._num_pieces for i in ids):
+            return self._sp.decode(ids)
+        # Appended sentinels are no sentencepiece ids: decode the runs between them, as T5Tokenizer does (a
+        # run after a sentinel keeps its word-start space, which sentencepiece drops at the start of a text).
+        text, run = [], []
+        for i in ids + [None]:
+            if i is None or i >= self._num_pieces:
+                space = bool(text and run and self._sp.id_to_piece(run[0]).startswith(WORD_START_MARK))
+                text.append((" " if space else "") + self._sp.decode(run) if run else "")
+                run = []
+                if i is not None:
+                    text.append(self.id_to_piece(i))
+            else:
+                run.append(i)
+        return "".join(text)
 
     def id_to_piece(self, i: int) -> str:
-        return self._sp.id_to_piece(int(i))
+        i = int(i)
+        if self._num_pieces <= i < self.vocab_size:
+            return sentinel_piece(self._num_pieces + self._extra_ids - 1 - i)
+        return self._sp.id_to_piece(i)
 
     def piece_to_id(self, piece: str) -> int:
+        if self._extra_ids and piece.startswith("<extra_id_") and piece.endswith(">"):
+            k = piece[len("<extra_id_"):-1]
+            if k.isdigit() and int(k) < self._extra_ids:
+                return self._sentinel_ids[int(k)]
         return self._sp.piece_to_id(piece)
 
     def word_starts(self, ids) -> np.ndarray:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "rsqrt_decay", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 # Leaf names that are never decayed whatever their rank (a scanned layer stack turns a bias [d] into
 # [layers, d], so rank alone is not enough).
@@ -69,7 +69,8 @@ def make_schedule(cfg: OptimizerConfig) -> Callable[[Any], jax.Array]:
 
     step counts updates already applied (optax's count), so the first update uses lr(0) (0 when
     warming up, as in optax and HF). inverse_sqrt: peak * sqrt(warmup / step) after warmup, floored at
-    end_learning_rate.
+    end_learning_rate. rsqrt_decay (T5 / t5x): the same decay with no ramp, peak held constant for the first
+    warmup steps, i.e. peak * sqrt(warmup / max(step, warmup)) = 1 / sqrt(max(step, 10^4)) for T5's 0.01, 10^4.
     """
     peak, end = float(cfg.learning_rate), float(cfg.end_learning_rate)
     warmup, total, kind = int(cfg.warmup_steps), int(cfg.total_steps), cfg.schedule
@@ -82,11 +83,11 @@ def make_schedule(cfg: OptimizerConfig) -> Callable[[Any], jax.Array]:
             decayed = peak + (end - peak) * frac
         elif kind == "cosine":
             decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
-        elif kind == "inverse_sqrt":
+        elif kind in ("inverse_sqrt", "rsqrt_decay"):
             decayed = jnp.maximum(end, peak * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, max(warmup, 1))))
         else:
             decayed = jnp.full_like(step, peak)
-        return jnp.where(step < warmup, warm, decayed)
+        return decayed if kind == "rsqrt_decay" else jnp.where(step < warmup, warm, decayed)
 
     return schedule
 
