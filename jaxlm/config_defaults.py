@@ -33,6 +33,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
         tokenizer_vocab_size=8000,
         tokenizer_model_type="unigram",
         tokenizer_num_sentinels=0,  # <extra_id_N> tokens of a trained tokenizer (span_corruption: 100, as T5)
+        # Sentinels appended after the pieces of a given sentencepiece model that has none of its own: 100 for T5's
+        # released spiece.model (as HF's T5Tokenizer), to continue pretraining an imported T5 with span corruption.
+        tokenizer_extra_ids=0,
         seq_len=128,  # span_corruption: the encoder length; the decoder's follows (T5: 512 -> 114)
         max_predictions=20,  # MLM slots per row (BERT's max_predictions_per_seq)
         mask_rate=0.15,
@@ -78,7 +81,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     return c
 
 
-FINETUNE_TASKS = ("classification", "regression", "token_classification", "question_answering")
+FINETUNE_TASKS = ("classification", "regression", "token_classification", "question_answering", "seq2seq")
 
 
 def finetune_config() -> ml_collections.ConfigDict:
@@ -89,7 +92,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     weight decay 0.01, dropout 0.1, gradient clipping at global norm 1.0.
     """
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # classification | regression | token_classification | question_answering
+    # classification | regression | token_classification | question_answering | seq2seq (text to text: T5, or
+    # GPT-2 writing after a prompt)
+    c.task = "classification"
     c.seed = 0
     # A pretraining run's workdir, one of its checkpoint step dirs (WORKDIR/checkpoints/<step>), an imported HF
     # workdir (`python -m jaxlm.convert from-hf`) or an earlier fine-tuning run. '' = no pretraining: a random
@@ -111,6 +116,8 @@ def finetune_config() -> ml_collections.ConfigDict:
         # A GLUE task name (sst2, mrpc, stsb, cola, qqp, mnli, qnli, rte, wnli: the GLUE TSV layouts),
         # conll2003 (CoNLL column files, IOB1 -> BIO), conll (BIO column files; labels from data.labels),
         # squad (SQuAD v1.1 JSON), or tsv | csv | jsonl (generic text classification: the columns below).
+        # seq2seq: parallel (line-aligned FILE.<source_field> + FILE.<target_field>, train_file = FILE) or
+        # tsv | csv | jsonl (source_field / target_field columns).
         format="sst2",
         train_file="",
         eval_file="",  # the dev set: evaluated every epoch; the best checkpoint is kept by its task metric
@@ -135,7 +142,15 @@ def finetune_config() -> ml_collections.ConfigDict:
         eval_limit=0,  # use only the first N dev examples (0 = all)
         skip_bad_lines=False,  # True: skip and count bad lines instead of stopping at the first (file:line)
         style="",  # special-token wrapping: bert | roberta | gpt2; '' = from the backbone family
+        # seq2seq: the source / target language suffix (parallel), column (tsv/csv/jsonl) or TFDS feature key.
+        source_field="",
+        target_field="",
+        prompt="{source}",  # the source as the model reads it, e.g. T5's 'translate English to German: {source}'
+        max_target_len=64,  # target tokens (EOS included); max_len bounds the prompted source
+        metrics=("bleu",),  # seq2seq dev metrics: bleu | rouge1 | rouge2 | rougeL | rougeLsum (0-100)
     ))
+    # seq2seq: how dev-set and predict outputs are generated (jaxlm.decoding).
+    c.generation = ml_collections.ConfigDict(dict(num_beams=1, length_penalty=0.6))  # 1 beam = greedy
 
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=2e-5, warmup_ratio=0.1, warmup_steps=-1,  # -1: warmup_ratio x total steps

@@ -1,8 +1,8 @@
-"""Scores a fine-tuned run: `python -m jaxlm.evaluate --workdir=RUN [--split_file=FILE] [--step=N]`.
+"""Scores a fine-tuned run: `python -m jaxlm.evaluate --workdir=RUN [--split_file=FILE | --split=SPLIT] [--step=N]`.
 
 Reads the run's best dev checkpoint (or --step), its tokenizer and task settings, scores FILE (default: the
-run's dev file) with the task's metrics, prints them and writes RUN/eval_<split>.json (split = FILE's name
-without extension, e.g. eval_dev.json). From a notebook: `jaxlm.evaluate.evaluate(workdir, split_file)`.
+run's dev file; for a run on TFDS data, --split names another split of its dataset, e.g. test) with the task's
+metrics, prints them and writes RUN/eval_<split>.json (split = FILE's name without extension, e.g. eval_dev.json). From a notebook: `jaxlm.evaluate.evaluate(workdir, split_file)`.
 """
 import json
 import os
@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 
 
-def evaluate(workdir: str, split_file: str = "", *, step: int | None = None, batch_size: int = 0,
+def evaluate(workdir: str, split_file: str = "", *, split: str = "", step: int | None = None, batch_size: int = 0,
              limit: int = 0) -> dict:
     """{metrics..., 'step', 'file', 'examples'}; also written to workdir/eval_<split>.json."""
     import time
@@ -23,9 +23,9 @@ def evaluate(workdir: str, split_file: str = "", *, step: int | None = None, bat
     t0 = time.perf_counter()
     run = tp.load_finetuned(workdir, step)
     data = ConfigDict(run.config["data"])
-    path = split_file or data.eval_file
-    split = os.path.splitext(os.path.basename(path))[0] if path else data.eval_split
-    examples = tp.read_examples(run.spec, data, path, split=data.eval_split, limit=limit)
+    path = "" if split and not split_file else split_file or data.eval_file
+    split = os.path.splitext(os.path.basename(path))[0] if path else split or data.eval_split
+    examples = tp.read_examples(run.spec, data, path, split=split, limit=limit)
     features = tp.make_features(run.spec, examples, run.tokenizer)
     outputs, loss = run.predictor(batch_size or None)(run.params, features)
     result = {"loss": loss, **tp.task_metrics(run.spec, examples, features, outputs), "step": run.step,
@@ -38,7 +38,7 @@ def evaluate(workdir: str, split_file: str = "", *, step: int | None = None, bat
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = evaluate(flags.FLAGS.workdir, flags.FLAGS.split_file,
+    result = evaluate(flags.FLAGS.workdir, flags.FLAGS.split_file, split=flags.FLAGS.split,
                       step=None if flags.FLAGS.step < 0 else flags.FLAGS.step, batch_size=flags.FLAGS.batch_size)
     print(json.dumps(result, indent=1))
 
@@ -48,6 +48,7 @@ def cli():
 
     flags.DEFINE_string("workdir", None, "A fine-tuning run (python -m jaxlm.finetune --workdir).")
     flags.DEFINE_string("split_file", "", "The file to score (default: the run's config.data.eval_file).")
+    flags.DEFINE_string("split", "", "A split of the run's TFDS dataset to score instead (e.g. test).")
     flags.DEFINE_integer("step", -1, "Checkpoint step (default: the best by the run's dev metric).")
     flags.DEFINE_integer("batch_size", 0, "Eval batch size (default: the run's config.train.eval_batch_size).")
     flags.mark_flag_as_required("workdir")

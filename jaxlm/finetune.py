@@ -4,7 +4,8 @@ RUN is a pretraining workdir, one of its step dirs, an imported Hugging Face wor
 from-hf`) or another fine-tuning run. The backbone is restored from it (the loaded / new / unused report is
 printed and kept in DIR/backbone_report.json), the task head is new, and training runs through the same sharded
 step, checkpoints and resume as pretraining (jaxlm.train.loop). The dev set is evaluated with the task's own
-metrics (accuracy, F1, Matthews, Pearson/Spearman, conlleval entity F1, SQuAD EM/F1) at every epoch end; the
+metrics (accuracy, F1, Matthews, Pearson/Spearman, conlleval entity F1, SQuAD EM/F1; BLEU / ROUGE of the
+generated text for seq2seq: translation and summarisation with T5, or GPT-2 writing after a prompt) at every epoch end; the
 checkpoint with the best dev metric is kept beside the latest, and summary.json holds the final and best dev
 metrics. Re-running with the same DIR resumes. From a notebook: `jaxlm.finetune.run(config, workdir)`.
 """
@@ -57,8 +58,9 @@ def build(config, workdir: str | None = None):
     """(spec, model config, task model, tokenizer path, tokenizer) for a config, reading the init checkpoint's
     saved config (not its arrays)."""
     from jaxlm import task_pipeline as tp
+    from jaxlm.config_defaults import finetune_config
     from jaxlm.models import get_model_config
-    from jaxlm.models.heads import HeadConfig, TaskModel
+    from jaxlm.models.heads import HeadConfig, task_model
     from jaxlm.train.backbone import read_backbone_config, workdir_of
 
     init = config.init_checkpoint
@@ -74,14 +76,22 @@ def build(config, workdir: str | None = None):
         raise ValueError("config.init_checkpoint='' (a randomly initialised backbone) needs config.tokenizer")
     family = model_config.family if model_config is not None else config.model.family
     tokenizer = tp.load_tokenizer(tokenizer_path, family)
-    if model_config is None:
-        model_config = get_model_config(family, config.model.size or None, vocab_size=tokenizer.vocab_size)
+    shape = {k: v for k, v in config.model.items() if k not in finetune_config().model}
+    if model_config is None:  # a random backbone: config.model.size, reshaped by any keys added to config.model
+        model_config = get_model_config(family, config.model.size or None, **{"vocab_size": tokenizer.vocab_size,
+                                                                              **shape})
+    elif shape:
+        raise ValueError(f"config.model.{sorted(shape)[0]}: the checkpoint {init} fixes the model's shape; keys "
+                         f"added to config.model ({sorted(shape)}) shape a random backbone (init_checkpoint='') only")
     model_config = tp.override_model_config(model_config, config.model)
     spec = tp.task_spec(config, family)
+    if spec.task == "seq2seq":
+        spec = dataclasses.replace(spec, pad_id=model_config.pad_token_id,
+                                   decoder_start_id=getattr(model_config, "decoder_start_token_id", 0))
     tp.check_fits(spec, model_config, tokenizer)
     head = HeadConfig(task=spec.task, num_labels=spec.num_labels,
                       dropout=None if config.head.dropout < 0 else config.head.dropout)
-    return spec, model_config, TaskModel(model_config, head), tokenizer_path, tokenizer
+    return spec, model_config, task_model(model_config, head), tokenizer_path, tokenizer
 
 
 def _check_batch(name: str, batch_size: int, mesh, process_count: int):
@@ -132,14 +142,14 @@ def run(config, workdir: str):
     mesh = sharding.make_mesh(**config.mesh)
     _check_batch("batch_size", config.train.batch_size, mesh, process_count)
     _check_batch("eval_batch_size", config.train.eval_batch_size, mesh, process_count)
-    train_iter = tp.EpochBatches(train_features, config.train.batch_size, tp.device_keys(spec.task),
+    train_iter = tp.EpochBatches(train_features, config.train.batch_size, tp.device_keys(spec),
                                  seed=config.seed, process_index=process_index, process_count=process_count)
     steps_per_epoch = train_iter.steps_per_epoch
     num_steps = int(round(config.train.num_epochs * steps_per_epoch))
     logging.info("%d training examples -> %d rows, %d steps per epoch, %d steps", len(train_examples),
                  len(train_features["inputs"]), steps_per_epoch, num_steps)
 
-    dummy = tp.dummy_batch(spec.max_len)
+    dummy = tp.init_batch(spec)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy))["params"]
     tx, schedule = _optimizer(config, num_steps, train.state.unbox(abstract))
     state, layout = train.create_train_state(lambda rng: model.init(rng, **dummy), tx, jax.random.key(config.seed),
@@ -165,7 +175,8 @@ def run(config, workdir: str):
         layout, sharding.batch_sharding(mesh), mesh)
     evaluator = None
     if eval_examples is not None:
-        predictor = tp.Predictor(model, spec.task, mesh, layout.shardings.params, config.train.eval_batch_size)
+        predictor = tp.make_predictor(spec, model, mesh, layout.shardings.params, config.train.eval_batch_size,
+                                      tokenizer)
         evaluator = tp.TaskEvaluator(spec, predictor, eval_examples, eval_features)
 
     if process_index == 0:
@@ -177,9 +188,15 @@ def run(config, workdir: str):
         "tokenizer_file": os.path.abspath(tokenizer_path),
         "init_checkpoint_resolved": os.path.abspath(config.init_checkpoint) if config.init_checkpoint else None,
     }
-    tokens_per_step = config.train.batch_size * spec.max_len
-    flops_per_token = train.transformer_train_flops_per_token(
-        matmul_params(state.params), model_config.num_layers, model_config.hidden_size, spec.max_len)
+    tokens_per_step = config.train.batch_size * spec.row_len
+    if spec.task == "seq2seq" and spec.encoder_decoder:  # each T5 stack over its own length
+        from jaxlm.models.t5 import seq2seq_train_flops
+
+        flops_per_token = seq2seq_train_flops(model_config, state.params["backbone"], spec.max_len,
+                                              spec.max_target_len) / spec.max_len
+    else:
+        flops_per_token = train.transformer_train_flops_per_token(
+            matmul_params(state.params), model_config.num_layers, model_config.hidden_size, spec.row_len)
     peak = None
     if jax.local_devices()[0].platform == "cpu" and config.train.cpu_peak_flops:
         peak = config.train.cpu_peak_flops / jax.local_device_count()

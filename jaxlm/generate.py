@@ -129,8 +129,11 @@ def _run(args) -> int:
             if ids and ids[-1] == eos_id:
                 ids = ids[:-1]
             print(f"=== [{start + i}] {prompts[start + i]!r} (step {step}, {len(ids)} new tokens)")
-            text = tokenizer.decode(ids)
-            print(text if adapter.is_encoder_decoder else prompts[start + i] + text)
+            if adapter.is_encoder_decoder:
+                print(tokenizer.decode(ids))
+            else:  # decode with the prompt: sentencepiece drops a leading space from new tokens decoded alone
+                prompt_ids = encoded[start + i]
+                print(prompts[start + i] + tokenizer.decode(prompt_ids + ids)[len(tokenizer.decode(prompt_ids)):])
     return 0
 
 

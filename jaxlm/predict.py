@@ -4,8 +4,10 @@ Input: one JSON object per line, by task:
     classification / regression   {"text": "...", "text_b": "..."}   (text_b only for sentence-pair tasks)
     token_classification          {"tokens": ["EU", "rejects", ...]}  or  {"text": "EU rejects ..."} (split on spaces)
     question_answering            {"question": "...", "context": "...", "id": "..."?}
+    seq2seq                       {"source": "A man rides a bike."}  (the run's prompt template is applied)
 Output: each input object with the prediction added: "label" + "probabilities" (classification), "score"
-(regression), "tags" (one per token), or "answer", "probability", "start", "end", "nbest" (QA).
+(regression), "tags" (one per token), "answer", "probability", "start", "end", "nbest" (QA), or "prediction"
+(the generated text, seq2seq).
 From a notebook: `jaxlm.predict.predict(workdir, records)` with a list of such dicts.
 """
 import json
@@ -29,7 +31,9 @@ def _examples(spec, records: list[dict], source: str) -> list:
                                           f"(a {spec.task} model); got {json.dumps(r)[:200]}")
             return r[key]
 
-        if spec.task in ("classification", "regression"):
+        if spec.task == "seq2seq":
+            out.append(tasks.Seq2SeqExample(where, need("source").strip()))
+        elif spec.task in ("classification", "regression"):
             out.append(tasks.TextExample(where, need("text").strip(), need("text_b").strip() if spec.pair else None))
         elif spec.task == "token_classification":
             words = r.get("tokens") if isinstance(r, dict) and "tokens" in r else need("text").split()

@@ -7,6 +7,7 @@ iterator included. From a notebook: `jaxlm.pretrain.run(config, workdir)`.
 import dataclasses
 import os
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -46,14 +47,16 @@ def load_or_train_tokenizer(config, workdir, dataset_name):
     """config.data.tokenizer if given; else one trained on the training split, kept in the workdir so that a
     resumed run tokenizes exactly as before."""
     import jax
+    from etils import epath
 
     from jaxlm import data
+    from jaxlm.train.metrics import is_remote
 
     if config.data.tokenizer:
-        return data.Tokenizer(config.data.tokenizer)
-    prefix = os.path.join(workdir, "tokenizer")
-    if os.path.exists(prefix + ".model"):
-        return data.Tokenizer(prefix + ".model")
+        return data.Tokenizer(config.data.tokenizer, extra_ids=config.data.tokenizer_extra_ids)
+    model_file = epath.Path(workdir) / "tokenizer.model"
+    if model_file.exists():
+        return _read_tokenizer(model_file)
     if jax.process_count() > 1:
         raise ValueError("multi-process runs need config.data.tokenizer (a .model file every host can read); "
                          "train one first with `python -m jaxlm.tokenizer train ...`")
@@ -62,8 +65,27 @@ def load_or_train_tokenizer(config, workdir, dataset_name):
              for r in (source[i] for i in range(len(source))))
     logging.info("training a %d-piece %s tokenizer on %s", config.data.tokenizer_vocab_size,
                  config.data.tokenizer_model_type, dataset_name)
-    return data.train_tokenizer(texts, prefix, config.data.tokenizer_vocab_size, config.data.tokenizer_model_type,
-                                num_sentinels=config.data.tokenizer_num_sentinels)
+    with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files: a remote workdir gets copies
+        prefix = os.path.join(tmp if is_remote(workdir) else workdir, "tokenizer")
+        data.train_tokenizer(texts, prefix, config.data.tokenizer_vocab_size, config.data.tokenizer_model_type,
+                             num_sentinels=config.data.tokenizer_num_sentinels)
+        if is_remote(workdir):
+            for suffix in (".model", ".vocab"):
+                (epath.Path(workdir) / f"tokenizer{suffix}").write_bytes(epath.Path(prefix + suffix).read_bytes())
+    return _read_tokenizer(model_file)
+
+
+def _read_tokenizer(model_file):
+    """data.Tokenizer opens local files only: a remote model is read through epath and keeps its address as
+    `model_file` (the saved config records it)."""
+    from jaxlm import data
+    from jaxlm.train.metrics import is_remote
+
+    if not is_remote(model_file):
+        return data.Tokenizer(os.fspath(model_file))
+    tokenizer = data.Tokenizer(model_proto=model_file.read_bytes())
+    tokenizer.model_file = os.fspath(model_file)
+    return tokenizer
 
 
 def model_config_from(config, vocab_size):
@@ -130,6 +152,7 @@ def unigram_baseline_accuracy(batches) -> float | None:
 def run(config, workdir: str):
     """Builds every piece from the config and trains; returns the run summary."""
     import jax
+    from etils import epath
 
     from jaxlm import data, sharding, train
     from jaxlm.models import build_model
@@ -137,7 +160,7 @@ def run(config, workdir: str):
     from jaxlm.objectives.pretraining import LossConfig, make_pretraining_loss
 
     sharding.initialize_from_config(config.distributed)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     batch_size = config.train.batch_size
     if batch_size % process_count:

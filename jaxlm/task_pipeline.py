@@ -18,14 +18,18 @@ import numpy as np
 
 from jaxlm import sharding as shd
 from jaxlm import tasks
-from jaxlm.objectives.finetuning import MODEL_INPUT_KEYS, TARGET_KEYS, TASK_LOSSES, apply_model
+from jaxlm.objectives.finetuning import (MODEL_INPUT_KEYS, SEQ2SEQ_KEYS, TARGET_KEYS, TASK_LOSSES, apply_model,
+                                         make_finetuning_loss)
 
 log = logging.getLogger(__name__)
 
 GLUE_TASKS = tuple(tasks.GLUE_LAYOUTS)
 GENERIC_FORMATS = ("tsv", "csv", "jsonl")
 TOKEN_FORMATS = ("conll2003", "conll")
-FORMATS = GLUE_TASKS + GENERIC_FORMATS + TOKEN_FORMATS + ("squad",)
+SEQ2SEQ_FORMATS = ("parallel",) + GENERIC_FORMATS  # parallel: line-aligned FILE.<source_field> + FILE.<target_field>
+FORMATS = GLUE_TASKS + GENERIC_FORMATS + TOKEN_FORMATS + ("squad", "parallel")
+ENCODER_DECODER_FAMILIES = ("t5", "t5_v1_1")
+TEXT_WRITING_FAMILIES = ENCODER_DECODER_FAMILIES + ("gpt2",)
 # The dev metric that picks the best checkpoint, by format (GLUE: the task's first official metric, except F1
 # for the imbalanced paraphrase tasks).
 BEST_METRIC = {"cola": "matthews_corrcoef", "mrpc": "f1", "qqp": "f1", "stsb": "pearson", "conll2003": "f1",
@@ -47,13 +51,34 @@ class TaskSpec:
     max_query_len: int = 64
     n_best: int = 20
     max_answer_length: int = 30
+    # seq2seq: max_len bounds the source (prompt included), max_target_len the target; see seq2seq_features.
+    max_target_len: int = 0
+    prompt: str = "{source}"
+    source_field: str = ""
+    target_field: str = ""
+    text_metrics: tuple[str, ...] = ()
+    encoder_decoder: bool = False
+    pad_id: int = 0
+    decoder_start_id: int = 0
+    num_beams: int = 1  # dev-set and predict generation: 1 = greedy
+    length_penalty: float = 0.6
 
     @property
     def num_labels(self) -> int:
-        return {"regression": 1, "question_answering": 2}.get(self.task) or len(self.labels)
+        fixed = {"regression": 1, "question_answering": 2, "seq2seq": 0}
+        return fixed[self.task] if self.task in fixed else len(self.labels)
+
+    @property
+    def row_len(self) -> int:
+        """Tokens per model row: a decoder-only seq2seq row holds the prompt and the target."""
+        if self.task == "seq2seq" and not self.encoder_decoder:
+            return self.max_len + self.max_target_len - 1
+        return self.max_len
 
     @property
     def metric_names(self) -> tuple[str, ...]:
+        if self.task == "seq2seq":
+            return self.text_metrics
         if self.format in tasks.GLUE_METRICS:
             return tasks.GLUE_METRICS[self.format]
         if self.task == "classification":
@@ -68,8 +93,9 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
         d = dict(d)
-        if d.get("labels") is not None:
-            d["labels"] = tuple(d["labels"])
+        for key in ("labels", "text_metrics"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -94,6 +120,8 @@ def task_spec(config, family: str) -> TaskSpec:
     fmt = d.format.lower().replace("-", "")  # SST-2 -> sst2, STS-B -> stsb
     if fmt not in FORMATS:
         raise ValueError(f"config.data.format={d.format!r}; choose one of {FORMATS}")
+    if config.task == "seq2seq" or fmt == "parallel":
+        return _seq2seq_spec(config, fmt, family)
     if fmt in GLUE_TASKS:
         layout = tasks.glue_layout(fmt)
         task = "regression" if layout.regression else "classification"
@@ -114,12 +142,40 @@ def task_spec(config, family: str) -> TaskSpec:
         raise ValueError(f"config.data.labels={d.labels!r}: classification needs at least two labels")
     if d.tfds_name and task in ("classification", "token_classification"):
         names = tasks.tfds_label_names(d.tfds_name, d.train_split, d.tfds_data_dir or None)
-        if names:  # the dataset's own ClassLabel order, which its integer labels index
+        # The dataset's own ClassLabel order, which its integer labels index; except where tfds_examples maps a
+        # GLUE task's labels by name onto the files' order (mnli), which the spec must then name.
+        remapped = fmt in GLUE_TASKS and labels is not None and names and set(names) == set(labels)
+        if names and not remapped:
             labels = tuple(names)
     style = d.style or {"roberta": "roberta", "gpt2": "gpt2"}.get(family, "bert")
     return TaskSpec(task=task, format=fmt, labels=labels, pair=pair, style=style, max_len=d.max_len,
                     doc_stride=d.doc_stride, max_query_len=d.max_query_len, n_best=d.n_best,
                     max_answer_length=d.max_answer_length)
+
+
+def _seq2seq_spec(config, fmt: str, family: str) -> TaskSpec:
+    d, g = config.data, config.generation
+    if config.task != "seq2seq":
+        raise ValueError(f"config.data.format={d.format!r} holds text pairs: set --config.task=seq2seq")
+    if fmt not in SEQ2SEQ_FORMATS:
+        raise ValueError(f"config.task='seq2seq' reads config.data.format in {SEQ2SEQ_FORMATS}, got {d.format!r}")
+    if family not in TEXT_WRITING_FAMILIES:
+        raise ValueError(f"config.task='seq2seq' needs a model that writes text ({TEXT_WRITING_FAMILIES}); the "
+                         f"checkpoint is a {family!r} model")
+    for key in ("source_field", "target_field"):
+        if not d[key]:
+            raise ValueError(f"config.data.{key} is empty: name the source / target (parallel files: the language "
+                             "suffix such as 'en' / 'de'; tsv/csv/jsonl: the column; TFDS: the feature key)")
+    unknown = [m for m in d.metrics if m not in tasks.TEXT_METRICS]
+    if not d.metrics or unknown:
+        raise ValueError(f"config.data.metrics={tuple(d.metrics)!r}: choose one or more of {tasks.TEXT_METRICS}")
+    if d.max_target_len < 2:
+        raise ValueError(f"config.data.max_target_len={d.max_target_len} must be >= 2 (a token and EOS)")
+    return TaskSpec(task="seq2seq", format=fmt, labels=None, pair=False, style=d.style or "bert", max_len=d.max_len,
+                    max_target_len=d.max_target_len, prompt=d.prompt, source_field=d.source_field,
+                    target_field=d.target_field, text_metrics=tuple(d.metrics),
+                    encoder_decoder=family in ENCODER_DECODER_FAMILIES, num_beams=g.num_beams,
+                    length_penalty=g.length_penalty)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,10 +186,20 @@ def read_examples(spec: TaskSpec, data_config, path: str = "", *, split: str = "
     """Examples of one split: from `path` (a task file), or from the TFDS dataset config.data.tfds_name[split].
     Bad lines are errors naming file:line (or skipped and counted with config.data.skip_bad_lines)."""
     skip = data_config.skip_bad_lines
+    seq2seq = spec.task == "seq2seq"
+    target = spec.target_field if labelled else None
     if not path:
         if not data_config.tfds_name:
             raise ValueError("no data file given (config.data.train_file / eval_file) and no config.data.tfds_name")
-        examples, stats = tasks.tfds_examples(data_config.tfds_name, split, data_config.tfds_data_dir or None)
+        examples, stats = tasks.tfds_examples(data_config.tfds_name, split, data_config.tfds_data_dir or None,
+                                              seq2seq_fields=(spec.source_field, spec.target_field) if seq2seq
+                                              else None)
+    elif seq2seq and spec.format == "parallel":
+        examples, stats = tasks.read_parallel(*tasks.parallel_paths(path, spec.source_field, target),
+                                              skip_bad_lines=skip)
+    elif seq2seq:
+        examples, stats = tasks.read_seq2seq(path, _column(spec.source_field), _column(target) if target else None,
+                                             header=data_config.header, format=spec.format, skip_bad_lines=skip)
     elif spec.format in GLUE_TASKS:
         examples, stats = tasks.read_glue(path, spec.format, skip_bad_lines=skip, labelled=labelled)
     elif spec.format in GENERIC_FORMATS:
@@ -155,6 +221,10 @@ def read_examples(spec: TaskSpec, data_config, path: str = "", *, split: str = "
 
 
 def make_features(spec: TaskSpec, examples: Sequence, tokenizer) -> dict[str, np.ndarray]:
+    if spec.task == "seq2seq":
+        return tasks.seq2seq_features(examples, tokenizer, spec.max_len, spec.max_target_len,
+                                      encoder_decoder=spec.encoder_decoder, prompt=spec.prompt,
+                                      decoder_start_id=spec.decoder_start_id, pad_id=spec.pad_id)
     if spec.task in ("classification", "regression"):
         return tasks.classification_features(examples, tokenizer, spec.max_len, regression=spec.task == "regression",
                                              style=spec.style)
@@ -164,9 +234,11 @@ def make_features(spec: TaskSpec, examples: Sequence, tokenizer) -> dict[str, np
                              style=spec.style)
 
 
-def device_keys(task: str) -> tuple[str, ...]:
+def device_keys(spec: TaskSpec) -> tuple[str, ...]:
     """The feature keys the jitted step reads (the rest is host-side bookkeeping)."""
-    return MODEL_INPUT_KEYS + TARGET_KEYS[task]
+    if spec.task == "seq2seq":
+        return SEQ2SEQ_KEYS["encoder_decoder" if spec.encoder_decoder else "decoder_only"]
+    return MODEL_INPUT_KEYS + TARGET_KEYS[spec.task]
 
 
 class EpochBatches:
@@ -218,10 +290,10 @@ class Predictor:
     """Outputs of the task model over every feature row (sharded step, outputs gathered on each host), plus the
     mean loss over the rows' weights."""
 
-    def __init__(self, model, task: str, mesh, param_shardings, batch_size: int, rules=shd.DEFAULT_RULES):
-        self.task, self.mesh, self.batch_size, self.rules = task, mesh, batch_size, rules
-        self.keys = device_keys(task)
-        task_loss = TASK_LOSSES[task]
+    def __init__(self, model, spec: TaskSpec, mesh, param_shardings, batch_size: int, rules=shd.DEFAULT_RULES):
+        self.task, self.mesh, self.batch_size, self.rules = spec.task, mesh, batch_size, rules
+        self.keys = device_keys(spec)
+        task_loss = TASK_LOSSES[spec.task]
 
         def predict(params, batch):
             outputs = apply_model(model, params, batch, None)
@@ -248,8 +320,84 @@ class Predictor:
         return outputs, loss_sum / max(weight_sum, 1e-8)
 
 
+class TextGenerator:
+    """The seq2seq counterpart of Predictor: the teacher-forced loss over every feature row, and each row's
+    generated text (jaxlm.decoding: greedy, or beam search with spec.num_beams and spec.length_penalty, up to
+    max_target_len tokens, stopping at EOS). Outputs: {'texts': [str] per row}, mean loss.
+
+    Generation starts from prompt_inputs (the encoder input for T5, the prompt up to the separating EOS for
+    GPT-2), right-padded; each batch is padded to `batch_size` rows so one program is compiled.
+    """
+
+    def __init__(self, model, spec: TaskSpec, mesh, param_shardings, batch_size: int, tokenizer,
+                 rules=shd.DEFAULT_RULES):
+        from jaxlm.decoding import GenerationConfig, adapter_for
+
+        self.spec, self.mesh, self.batch_size, self.rules, self.tokenizer = spec, mesh, batch_size, rules, tokenizer
+        self.keys = device_keys(spec)
+        loss_fn = make_finetuning_loss("seq2seq", model)
+
+        def loss(params, batch):
+            _, metrics = loss_fn(params, batch, None)
+            return metrics["loss"] * metrics["num_tokens"], metrics["num_tokens"]
+
+        self.batch_sharding = shd.batch_sharding(mesh)
+        self.jitted_loss = jax.jit(loss, in_shardings=(param_shardings, self.batch_sharding),
+                                   out_shardings=shd.replicated(mesh))
+        self.adapter = adapter_for(model.config)
+        self.eos_id = tokenizer.eos_id
+        self.generation = GenerationConfig(
+            max_new_tokens=spec.max_target_len, strategy="beam" if spec.num_beams > 1 else "greedy",
+            num_beams=spec.num_beams, length_penalty=spec.length_penalty, eos_id=self.eos_id, pad_id=spec.pad_id)
+
+    def generate(self, params, features: dict) -> list[list[int]]:
+        """Generated token ids per row, EOS removed."""
+        from jaxlm.decoding import generate
+
+        tokens, lengths = features["prompt_inputs"], features["prompt_lengths"]
+        out = []
+        for start in range(0, len(tokens), self.batch_size):
+            rows = min(self.batch_size, len(tokens) - start)
+            batch = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
+            batch[:rows] = tokens[start:start + rows]
+            batch_lengths = np.ones(self.batch_size, np.int32)  # padding rows: one (ignored) token
+            batch_lengths[:rows] = lengths[start:start + rows]
+            mask = np.arange(tokens.shape[1])[None, :] < batch_lengths[:, None]
+            with shd.mesh_context(self.mesh, self.rules):
+                result = generate(self.adapter, params["backbone"], batch, mask, config=self.generation)
+            new_tokens, new_lengths = jax.device_get((result.tokens, result.lengths))
+            for i in range(rows):
+                ids = [int(t) for t in new_tokens[i, :new_lengths[i]]]
+                out.append(ids[:-1] if ids and ids[-1] == self.eos_id else ids)
+        return out
+
+    def loss(self, params, features: dict) -> float:
+        pending = []
+        for batch in tasks.iterate_batches({k: features[k] for k in self.keys}, self.batch_size,
+                                           process_index=jax.process_index(), process_count=jax.process_count()):
+            with shd.mesh_context(self.mesh, self.rules):
+                pending.append(self.jitted_loss(params, shd.host_local_to_global(batch, self.mesh,
+                                                                                  self.batch_sharding)))
+        sums = np.sum(np.asarray(jax.device_get(pending), np.float64), axis=0)
+        return float(sums[0] / max(sums[1], 1e-8))
+
+    def __call__(self, params, features: dict) -> tuple[dict, float]:
+        texts = [self.tokenizer.decode(ids) for ids in self.generate(params, features)]
+        labelled = bool(np.any(features["weights"]))
+        return {"texts": texts}, (self.loss(params, features) if labelled else float("nan"))
+
+
+def make_predictor(spec: TaskSpec, model, mesh, param_shardings, batch_size: int, tokenizer):
+    """Predictor (heads' outputs), or TextGenerator for seq2seq."""
+    if spec.task == "seq2seq":
+        return TextGenerator(model, spec, mesh, param_shardings, batch_size, tokenizer)
+    return Predictor(model, spec, mesh, param_shardings, batch_size)
+
+
 def predictions(spec: TaskSpec, examples: Sequence, features: dict, outputs: dict) -> list[dict]:
     """One JSON-able prediction per example."""
+    if spec.task == "seq2seq":
+        return [{"prediction": text} for text in outputs["texts"]]
     if spec.task == "classification":
         logits = outputs["logits"]
         probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -269,7 +417,12 @@ def predictions(spec: TaskSpec, examples: Sequence, features: dict, outputs: dic
 
 
 def task_metrics(spec: TaskSpec, examples: Sequence, features: dict, outputs: dict) -> dict[str, float]:
-    """The task's official dev metrics (fractions in [0, 1]) from the model outputs over `features`."""
+    """The task's official dev metrics (fractions in [0, 1]; BLEU / ROUGE 0-100) from the model outputs over
+    `features`."""
+    if spec.task == "seq2seq":
+        if any(e.target is None for e in examples):
+            raise ValueError("task_metrics: the examples have no targets")
+        return tasks.text_metrics(spec.text_metrics, [e.target for e in examples], outputs["texts"])
     if spec.task in ("classification", "regression"):
         y_true = np.array([e.label for e in examples])
         if any(e.label is None for e in examples):
@@ -394,14 +547,26 @@ def dummy_batch(max_len: int) -> dict[str, np.ndarray]:
             "token_types": np.zeros_like(ones)}
 
 
+def init_batch(spec: TaskSpec) -> dict[str, np.ndarray]:
+    """What the task model's init is called with (shapes only matter)."""
+    if spec.task == "seq2seq" and spec.encoder_decoder:
+        return {"inputs": np.ones((1, spec.max_len), np.int32),
+                "decoder_inputs": np.ones((1, spec.max_target_len), np.int32)}
+    if spec.task == "seq2seq":
+        return {"inputs": np.ones((1, spec.row_len), np.int32)}
+    return dummy_batch(spec.max_len)
+
+
 def check_fits(spec: TaskSpec, model_config, tokenizer):
     """Config errors before any compile: sequence longer than the position table, tokenizer larger than the
     embedding table."""
     offset = getattr(model_config, "position_offset", 0)
-    if spec.max_len + offset > model_config.max_position_embeddings:
-        limit = model_config.max_position_embeddings - offset
-        raise ValueError(f"config.data.max_len={spec.max_len} exceeds the {limit} positions of the model "
-                         f"(max_position_embeddings={model_config.max_position_embeddings}, offset {offset})")
+    table = getattr(model_config, "max_position_embeddings", None)  # T5: relative positions, no table
+    if table is not None and spec.row_len + offset > table:
+        what = (f"config.data.max_len + max_target_len - 1 = {spec.row_len} (a decoder-only row holds the prompt "
+                "and the target)" if spec.row_len != spec.max_len else f"config.data.max_len={spec.max_len}")
+        raise ValueError(f"{what} exceeds the {table - offset} positions of the model "
+                         f"(max_position_embeddings={table}, offset {offset})")
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{model_config.vocab_size}: config.tokenizer does not belong to this checkpoint")
@@ -422,9 +587,9 @@ class FinetunedRun:
     mesh: Any
     param_shardings: Any
 
-    def predictor(self, batch_size: int | None = None) -> Predictor:
-        return Predictor(self.model, self.spec.task, self.mesh, self.param_shardings,
-                         batch_size or self.config["train"]["eval_batch_size"])
+    def predictor(self, batch_size: int | None = None) -> Predictor | TextGenerator:
+        return make_predictor(self.spec, self.model, self.mesh, self.param_shardings,
+                              batch_size or self.config["train"]["eval_batch_size"], self.tokenizer)
 
 
 def best_step(workdir: str, metric: str) -> int | None:
@@ -447,7 +612,7 @@ def best_step(workdir: str, metric: str) -> int | None:
 def load_finetuned(workdir: str, step: int | None = None, mesh_config: dict | None = None) -> FinetunedRun:
     """A fine-tuning run's model, params (best dev checkpoint unless `step`), tokenizer and task spec."""
     from jaxlm.convert.hf import config_from_saved
-    from jaxlm.models.heads import HeadConfig, TaskModel
+    from jaxlm.models.heads import HeadConfig, task_model
     from jaxlm.train.backbone import read_params
     from jaxlm.train.checkpoint import read_config
 
@@ -459,9 +624,9 @@ def load_finetuned(workdir: str, step: int | None = None, mesh_config: dict | No
         step = best_step(workdir, saved.get("best_metric") or spec.best_metric())
     params, _, step = read_params(workdir, step)
     _, model_config = config_from_saved(saved)
-    model = TaskModel(model_config, HeadConfig(**saved["head"]))
+    model = task_model(model_config, HeadConfig(**saved["head"]))
     mesh = shd.make_mesh(**(mesh_config or {"data": -1, "fsdp": 1, "tensor": 1}))
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_batch(spec.max_len)))["params"]
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **init_batch(spec)))["params"]
     param_shardings = shd.logical_to_mesh_shardings(boxed, mesh)
     params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]), params,
                           param_shardings)

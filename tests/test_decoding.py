@@ -262,7 +262,7 @@ def test_cli_prints_the_continuations_of_an_imported_checkpoint(tiny, tmp_path, 
     for i, prompt in enumerate(prompts):
         new = [int(t) for t in out.tokens[i, :out.lengths[i]] if t != 0]
         assert printed[2 * i].startswith(f"=== [{i}] {prompt!r}")
-        assert printed[2 * i + 1] == prompt + " ".join(f"w{t}" for t in new)
+        assert printed[2 * i + 1] == " ".join([prompt] + [f"w{t}" for t in new])  # decoded with the prompt
     assert main(["--checkpoint", workdir]) == 1 and "no prompts" in capsys.readouterr().err
 
 

@@ -224,14 +224,110 @@ def test_epoch_batches_resume_exactly():
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "finetune", "*.py"))),
                          ids=os.path.basename)
-def test_finetune_configs_load_and_fit_their_task(path):
+def test_finetune_configs_load_and_fit_their_task(path, monkeypatch):
+    """Each config (each task of a per-task file with a TASKS table, e.g. roberta_glue.py:rte) loads, fits its
+    task, names files that exist, and trains with the warmup, weight decay and epochs that its docstring's
+    "Hyperparameters:" paragraph cites (finetune_config()'s BERT defaults where it cites none)."""
+    import importlib.util
+    import re
+
+    from jaxlm import tasks
     from jaxlm.task_pipeline import task_spec
 
-    config = load_config_file(path)
-    spec = task_spec(config, "bert")
-    assert spec.task == config.task and config.optimizer.warmup_ratio == 0.1
-    for key in ("train_file", "eval_file"):
-        assert not config.data[key] or os.path.isfile(config.data[key]) or not os.path.isdir(DATA), config.data[key]
+    asked = []
+
+    def tfds_label_names(name, split, data_dir=None):  # nothing is prepared offline: record the question instead
+        asked.append((name, split))
+        return None
+
+    monkeypatch.setattr(tasks, "tfds_label_names", tfds_label_names)
+    module_spec = importlib.util.spec_from_file_location("config_under_test", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    found = re.search(r"^Hyperparameters:(.*?)(?:\n\s*\n|\Z)", module.__doc__ or "", re.S | re.M)
+    recipe = " ".join(found.group(1).split()) if found else ""
+    default = finetune_config()
+    cited = {
+        "warmup_ratio": (r"(\d+(?:\.\d+)?)% (?:linear )?warmup", lambda x: float(x) / 100,
+                         default.optimizer.warmup_ratio),
+        "weight_decay": (r"weight decay (\d+(?:\.\d+)?(?:e-?\d+)?)", float, default.optimizer.weight_decay),
+        "num_epochs": (r"\b(\d+(?:\.\d+)?) epochs", float, default.train.num_epochs),
+    }
+    expected = {k: (parse(m.group(1)) if (m := re.search(pattern, recipe)) else fallback)
+                for k, (pattern, parse, fallback) in cited.items()}
+    for arg in sorted(getattr(module, "TASKS", {})) or [""]:
+        config = load_config_file(f"{path}:{arg}" if arg else path)
+        spec = task_spec(config, config.model.family)
+        assert spec.task == config.task, arg
+        got = {"warmup_ratio": config.optimizer.warmup_ratio, "weight_decay": config.optimizer.weight_decay,
+               "num_epochs": config.train.num_epochs}
+        assert got == pytest.approx(expected, rel=1e-3), (arg, recipe)
+        if config.train.best_metric:
+            assert config.train.best_metric in spec.metric_names, arg
+        for key in ("train_file", "eval_file"):
+            paths = [config.data[key]] if config.data[key] else []
+            if paths and spec.format == "parallel":  # a prefix: PREFIX.<source_field> + PREFIX.<target_field>
+                paths = tasks.parallel_paths(paths[0], spec.source_field, spec.target_field)
+            assert all(os.path.isfile(p) for p in paths) or not os.path.isdir(DATA), paths
+        if config.data.tfds_name and spec.task in ("classification", "token_classification"):
+            assert asked[-1] == (config.data.tfds_name, config.data.train_split), arg
+
+
+def test_roberta_glue_configs_follow_their_table(monkeypatch):
+    """roberta_glue.py:TASK for the eight GLUE tasks of the RoBERTa paper: the task, format, style and recipe of
+    each, local files for SST-2 / MRPC / STS-B and TFDS for the rest, the docstring's table = TASKS, and an
+    unknown task is an error naming the valid ones."""
+    import importlib.util
+    import re
+
+    from jaxlm import tasks
+    from jaxlm.task_pipeline import task_spec
+
+    monkeypatch.setattr(tasks, "tfds_label_names", lambda name, split, data_dir=None: None)
+    path = os.path.join(ROOT, "configs", "finetune", "roberta_glue.py")
+    module_spec = importlib.util.spec_from_file_location("roberta_glue", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    table = module.TASKS
+    assert sorted(table) == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]
+    local = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}
+    for task, row in table.items():
+        config = load_config_file(f"{path}:{task}")
+        spec = task_spec(config, "roberta")
+        assert (spec.task, spec.format, spec.style) == (
+            "regression" if task == "stsb" else "classification", task, "roberta")
+        assert spec.num_labels == {"stsb": 1, "mnli": 3}.get(task, 2) and spec.max_len == 512
+        opt = config.optimizer
+        assert (opt.warmup_ratio, opt.learning_rate, opt.weight_decay, opt.b1, opt.b2, opt.eps) == (
+            0.06, row["learning_rate"], 0.1, 0.9, 0.98, 1e-6)
+        assert (opt.schedule, opt.end_learning_rate, opt.max_grad_norm, opt.layerwise_lr_decay) == (
+            "linear", 0.0, 0.0, 1.0)
+        assert (config.train.batch_size, config.train.num_epochs) == (row["batch_size"], 10.0)
+        assert row["learning_rate"] in (1e-5, 2e-5, 3e-5) and row["batch_size"] in (16, 32)  # the paper's grid
+        assert config.train.best_metric == row["metric"] and row["metric"] in spec.metric_names
+        assert config.model.family == "roberta" and config.model.hidden_dropout == 0.1
+        if task in local:
+            assert config.data.tfds_name == ""
+            for key, name in (("train_file", "train.tsv"), ("eval_file", "dev.tsv")):
+                assert config.data[key] == os.path.join(DATA, "glue", local[task], name)
+                assert os.path.isfile(config.data[key]) or not os.path.isdir(DATA), config.data[key]
+        else:
+            assert (config.data.train_file, config.data.eval_file) == ("", "")
+            assert (config.data.tfds_name, config.data.train_split, config.data.eval_split) == (
+                f"glue/{task}", "train", "validation_matched" if task == "mnli" else "validation")
+        # The docstring's table row says the same as TASKS.
+        line = re.search(rf"^ +{task} +(\S+) +(\d+) +(\w+).* (\d+\.\d) +(\d+\.\d)$", module.__doc__, re.M)
+        assert line, task
+        assert (float(line[1]), int(line[2]), line[3], float(line[4]), float(line[5])) == (
+            row["learning_rate"], row["batch_size"], row["metric"], row["roberta_large"], row["roberta_base"])
+
+    assert load_config_file(f"{path}:SST-2").data.format == "sst2"
+    for bad in ("wnli", "nope"):
+        with pytest.raises(ValueError, match=r"roberta_glue.py:%s: .*one of mnli, qnli, qqp, rte, sst2, mrpc, cola, "
+                           r"stsb" % bad):
+            load_config_file(f"{path}:{bad}")
+    with pytest.raises(ValueError, match="one of mnli"):
+        load_config_file(path)
 
 
 def test_task_must_fit_format():

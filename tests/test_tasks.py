@@ -190,6 +190,7 @@ def test_tfds_sources_map_records_and_say_when_not_prepared(tmp_path, monkeypatc
         "squad": [{"id": b"q1", "title": b"T", "context": b"Denver won.", "question": b"Who?",
                    "answers": {"text": np.array([b"Denver"]), "answer_start": np.array([0])}}],
         "conll2003": [{"tokens": np.array([b"Peter", b"Blackburn"]), "ner": np.array([1, 2])}],
+        "wmt14_translate/de-en": [{"de": b"Hallo Welt .", "en": b"Hello world . "}],
     }
     import jaxlm.data.corpus
 
@@ -197,6 +198,16 @@ def test_tfds_sources_map_records_and_say_when_not_prepared(tmp_path, monkeypatc
     glue, _ = tasks.tfds_examples("glue/mnli", "test")  # TFDS's class order mapped onto the GLUE files' order
     assert tasks.GLUE_LAYOUTS["mnli"].labels == ("contradiction", "entailment", "neutral")
     assert [(e.text_a, e.text_b, e.label) for e in glue] == [("A b.", "C d.", 2), ("E.", "F.", None), ("G.", "H.", 0)]
+    from jaxlm.config_defaults import finetune_config
+    from jaxlm.task_pipeline import task_spec
+
+    config = finetune_config()
+    config.data.format, config.data.tfds_name = "mnli", "glue/mnli"
+    assert task_spec(config, "bert").labels[glue[0].label] == "neutral"  # TFDS's label 1, named in the spec
+    pairs, stats = tasks.tfds_examples("wmt14_translate/de-en", "validation", seq2seq_fields=("en", "de"))
+    assert [(e.source, e.target) for e in pairs] == [("Hello world .", "Hallo Welt .")] and stats.examples == 1
+    with pytest.raises(ValueError, match=r"has no feature\(s\) \['fr'\] .* features are \['de', 'en'\]"):
+        tasks.tfds_examples("wmt14_translate/de-en", "validation", seq2seq_fields=("en", "fr"))
     squad, _ = tasks.tfds_examples("squad", "validation")
     assert squad[0] == QAExample("q1", "Who?", "Denver won.", (tasks.Answer("Denver", 0),), "T")
     conll, _ = tasks.tfds_examples("conll2003", "dev")

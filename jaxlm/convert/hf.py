@@ -346,11 +346,14 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, d
         family, config = config_from_saved(saved)
         model = build_model(config)
         abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **_dummy_inputs(config)))["params"])
-        target = {"params": abstract}
+        # A seq2seq fine-tuning run keeps the whole LM under 'backbone' (jaxlm.models.heads.TextToTextModel).
+        wrapped = (saved.get("task_spec") or {}).get("task") == "seq2seq"
+        target = {"params": {"backbone": abstract} if wrapped else abstract}
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=target, restore_args=restore_args, partial_restore=True)))
-    return config, restored["state"]["params"], saved, step
+    params = restored["state"]["params"]
+    return config, params["backbone"] if wrapped else params, saved, step
 
 
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None, dtype: str = "float32",

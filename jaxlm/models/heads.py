@@ -1,4 +1,5 @@
-"""Task heads over a pretrained backbone: sequence classification / regression, token classification, extractive QA.
+"""Task heads over a pretrained backbone: sequence classification / regression, token classification, extractive QA;
+and text-to-text fine-tuning, where the pretrained LM's own output layer is the head (TextToTextModel).
 
 Every task model holds the backbone under `backbone` and the new layers under `head`:
 
@@ -27,8 +28,9 @@ import jax.numpy as jnp
 from jaxlm.models.bert import BertConfig, BertModel
 from jaxlm.models.common import to_dtype
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxlm.models.t5 import T5Config, T5ForConditionalGeneration
 
-TASKS = ("classification", "regression", "token_classification", "question_answering")
+TASKS = ("classification", "regression", "token_classification", "question_answering", "seq2seq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,8 @@ class HeadConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}; choose one of {TASKS}")
+        if self.task == "seq2seq":  # the LM head writes tokens: no labels
+            return
         if self.task == "regression" and self.num_labels != 1:
             raise ValueError(f"task 'regression' predicts one number: num_labels must be 1, got {self.num_labels}")
         if self.task == "question_answering" and self.num_labels != 2:
@@ -109,6 +113,8 @@ class TaskModel(nn.Module):
     head: HeadConfig
 
     def setup(self):
+        if self.head.task == "seq2seq":
+            raise ValueError("task 'seq2seq' has no task head: build TextToTextModel (jaxlm.models.heads.task_model)")
         if isinstance(self.config, BertConfig):
             self.backbone = BertModel(self.config)
         elif isinstance(self.config, GPT2Config):
@@ -136,3 +142,37 @@ def build_task_model(config: BertConfig | GPT2Config, task: str, num_labels: int
     """`build_task_model(bert_config, 'classification', 3)`; regression forces num_labels=1, QA 2."""
     num_labels = {"regression": 1, "question_answering": 2}.get(task, num_labels)
     return TaskModel(config, HeadConfig(task=task, num_labels=num_labels, dropout=dropout))
+
+
+class TextToTextModel(nn.Module):
+    """Task 'seq2seq': the whole pretrained LM (T5ForConditionalGeneration, or GPT2LMHeadModel writing the target
+    after a prompt), kept under `backbone` like the task models so that restore_backbone, checkpoints and the
+    loaded / new / unused report treat it the same way. Every parameter comes from the checkpoint; the LM head
+    is the task head. Training uses the backbone's pretraining loss on the batch format of
+    jaxlm.tasks.seq2seq_features; generation runs jaxlm.decoding on params['backbone']."""
+    config: T5Config | GPT2Config
+    head: HeadConfig = HeadConfig(task="seq2seq", num_labels=0)
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return isinstance(self.config, T5Config)
+
+    def setup(self):
+        if isinstance(self.config, T5Config):
+            self.backbone = T5ForConditionalGeneration(self.config)
+        elif isinstance(self.config, GPT2Config):
+            self.backbone = GPT2LMHeadModel(self.config)
+        else:
+            raise TypeError(f"task 'seq2seq' needs a T5 or GPT-2 checkpoint (a model that writes text), got "
+                            f"{type(self.config).__name__}")
+
+    def __call__(self, inputs, decoder_inputs=None, *, deterministic=True):
+        """Logits: T5 [B,T,V] of the decoder given the encoder's `inputs`; GPT-2 [B,L,V] over `inputs`."""
+        if self.encoder_decoder:
+            return self.backbone(inputs, decoder_inputs, deterministic=deterministic)
+        return self.backbone(inputs, deterministic=deterministic)
+
+
+def task_model(config, head: HeadConfig) -> TaskModel | TextToTextModel:
+    """The fine-tuning model for a backbone config and head config."""
+    return TextToTextModel(config, head) if head.task == "seq2seq" else TaskModel(config, head)

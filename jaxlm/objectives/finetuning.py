@@ -6,6 +6,8 @@ The model is a jaxlm.models.heads.TaskModel. Batch keys (fixed-shape numpy from 
 - regression: `labels` [B] float32, `example_weights` [B].
 - token_classification: `labels` [B,L] int32, `label_weights` [B,L] (1 on each word's first sub-token only).
 - question_answering: `start_positions`, `end_positions` [B] int32, `example_weights` [B].
+- seq2seq (a TextToTextModel): the pretraining batch of the backbone (jaxlm.tasks.seq2seq_features), and its
+  pretraining loss: T5's encoder-decoder CE, GPT-2's CLM CE weighted onto the target tokens.
 
 Losses are weighted means (padding rows weigh 0), `num_tokens` is the weight sum, so microbatches and eval
 batches combine exactly (see jaxlm.train.step). rng None = deterministic (no dropout), for eval.
@@ -18,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.objectives import losses
+from jaxlm.objectives.pretraining import LossConfig, make_clm_loss, make_seq2seq_loss
 
-TASKS = ("classification", "regression", "token_classification", "question_answering")
+TASKS = ("classification", "regression", "token_classification", "question_answering", "seq2seq")
 INPUT_KEYS = ("segment_ids", "token_types", "positions")
 MODEL_INPUT_KEYS = ("inputs",) + INPUT_KEYS
 # The batch keys each task's loss reads (everything else in a feature set is host-side bookkeeping).
@@ -28,6 +31,12 @@ TARGET_KEYS = {
     "regression": ("labels", "example_weights"),
     "token_classification": ("labels", "label_weights"),
     "question_answering": ("start_positions", "end_positions", "example_weights"),
+}
+# seq2seq batches: what the backbone's pretraining loss reads, by architecture.
+SEQ2SEQ_KEYS = {
+    "encoder_decoder": ("inputs", "segment_ids", "positions", "decoder_inputs", "targets", "weights",
+                        "decoder_segment_ids", "decoder_positions"),
+    "decoder_only": ("inputs", "targets", "weights", "segment_ids", "positions"),
 }
 
 
@@ -94,8 +103,23 @@ TASK_LOSSES = {
 }
 
 
+def make_seq2seq_finetuning_loss(model, config: LossConfig = LossConfig()) -> Callable:
+    """loss_fn over a TextToTextModel's params ({'backbone': ...}): the backbone's own pretraining loss."""
+    from jaxlm.models import build_model
+
+    backbone = build_model(model.config)
+    inner = make_seq2seq_loss(backbone, config) if model.encoder_decoder else make_clm_loss(backbone, config)
+
+    def loss_fn(params, batch, rng):
+        return inner(params["backbone"], batch, rng)
+
+    return loss_fn
+
+
 def make_finetuning_loss(task: str, model) -> Callable:
-    """loss_fn(params, batch, rng) -> (loss, metrics) for `task` on a TaskModel."""
+    """loss_fn(params, batch, rng) -> (loss, metrics) for `task` on a TaskModel (TextToTextModel for seq2seq)."""
+    if task == "seq2seq":
+        return make_seq2seq_finetuning_loss(model)
     if task not in TASK_LOSSES:
         raise ValueError(f"unknown fine-tuning task {task!r}; choose one of {TASKS}")
     task_loss = TASK_LOSSES[task]

@@ -15,6 +15,7 @@ plus the task's targets:
                            the window), token_offsets [N, L, 2] int32 (character span of each context token in
                            the context, -1 elsewhere), max_context [N, L] bool (the window where the token has the
                            most context on both sides: the one whose prediction counts, as in BERT's run_squad)
+    text-to-text:          see seq2seq_features (the pretraining batch formats of span corruption and CLM)
 
 `style` says how special tokens wrap the texts (the backbone's convention):
 
@@ -29,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxlm.tasks.readers import QAExample, TextExample, TokenExample
+from jaxlm.tasks.readers import QAExample, Seq2SeqExample, TextExample, TokenExample
 
 STYLES = ("bert", "roberta", "gpt2")
 MODEL_INPUT_KEYS = ("inputs", "segment_ids", "positions", "token_types")
@@ -86,11 +87,15 @@ def encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int
     return list(ids), [tuple(o) for o in offsets]
 
 
+def _is_byte_level(tokenizer) -> bool:
+    """GPT-2 / RoBERTa byte-level BPE, where a word's tokens depend on the space before it."""
+    backend = getattr(tokenizer, "backend", None)
+    return backend is not None and type(getattr(backend, "pre_tokenizer", None)).__name__ == "ByteLevel"
+
+
 def _word_piece_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
     """Each word tokenized on its own (as if preceded by a space, for byte-level BPE); never empty (-> unk)."""
-    backend = getattr(tokenizer, "backend", None)
-    byte_level = backend is not None and type(getattr(backend, "pre_tokenizer", None)).__name__ == "ByteLevel"
-    texts = [" " + w for w in words] if byte_level else list(words)
+    texts = [" " + w for w in words] if _is_byte_level(tokenizer) else list(words)
     pieces = tokenizer.encode_batch(texts) if texts else []
     unk = _optional_id(tokenizer, "unk")
     return [list(p) if p else [0 if unk is None else unk] for p in pieces]
@@ -162,6 +167,81 @@ def classification_features(examples: Sequence[TextExample], tokenizer, max_len:
     features["example_index"] = np.arange(len(examples), dtype=np.int32)
     features["example_weights"] = np.ones(len(examples), np.float32)
     return features
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text to text (translation, summarisation)
+# ----------------------------------------------------------------------------------------------------------------
+
+SEQ2SEQ_HOST_KEYS = ("example_index", "example_weights", "prompt_inputs", "prompt_lengths")
+
+
+def seq2seq_features(examples: Sequence[Seq2SeqExample], tokenizer, max_source_len: int, max_target_len: int, *,
+                     encoder_decoder: bool, prompt: str = "{source}", decoder_start_id: int = 0,
+                     pad_id: int = 0) -> dict[str, np.ndarray]:
+    """One row per example, in the batch format the model was pretrained with, so fine-tuning reuses its loss:
+
+    encoder-decoder (T5; the span-corruption format): the encoder reads prompt(source) + EOS [N, S]; the decoder
+    reads `decoder_inputs` (decoder_start_id, then the target shifted right) and predicts `targets` = target +
+    EOS [N, T] where `weights` is 1. Keys: inputs, segment_ids, positions, decoder_inputs, targets, weights,
+    decoder_segment_ids, decoder_positions.
+
+    decoder-only (GPT-2; the CLM format): one row prompt(source) + EOS + target + EOS [N, S + T - 1], with
+    `weights` 1 only where the next token is part of the target, so the model learns to write the target given
+    the prompt and is never trained to produce the source. Keys: inputs, targets, weights, segment_ids, positions.
+
+    Both: prompt_inputs [N, S] + prompt_lengths [N] (what generation starts from: the encoder input, or the
+    decoder prompt up to the separating EOS), example_index, example_weights. The source is cut to S - 1 tokens
+    and the target to T - 1 (the EOS always fits); `prompt` is a template with {source}, e.g.
+    'translate English to German: {source}' (T5's task prefixes). Unlabelled examples get weight-0 targets.
+    """
+    if "{source}" not in prompt:
+        raise ValueError(f"prompt={prompt!r} must contain '{{source}}' (where the source text goes)")
+    if max_source_len < 2 or max_target_len < 2:
+        raise ValueError(f"max_len={max_source_len} and max_target_len={max_target_len} must be >= 2 (a token + EOS)")
+    eos = tokenizer.eos_id
+    n, S, T = len(examples), max_source_len, max_target_len
+    sources = tokenizer.encode_batch([prompt.replace("{source}", e.source) for e in examples]) if n else []
+    space = " " if (not encoder_decoder and _is_byte_level(tokenizer)) else ""  # GPT-2: ' Ein' after the prompt
+    targets = tokenizer.encode_batch([space + (e.target or "") for e in examples]) if n else []
+
+    def ids(shape, fill=0):
+        return np.full(shape, fill, np.int32)
+
+    if encoder_decoder:
+        out = {"inputs": ids((n, S), pad_id), "segment_ids": ids((n, S)), "positions": ids((n, S)),
+               "decoder_inputs": ids((n, T), pad_id), "targets": ids((n, T), pad_id),
+               "weights": np.zeros((n, T), np.float32), "decoder_segment_ids": ids((n, T)),
+               "decoder_positions": ids((n, T))}
+    else:
+        L = S + T - 1
+        out = {"inputs": ids((n, L), pad_id), "targets": ids((n, L), pad_id), "weights": np.zeros((n, L), np.float32),
+               "segment_ids": ids((n, L)), "positions": ids((n, L))}
+    prompt_inputs, prompt_lengths = ids((n, S), pad_id), ids(n)
+    for row, example in enumerate(examples):
+        source_ids = list(sources[row][:S - 1]) + [eos]
+        target_ids = list(targets[row][:T - 1]) + [eos] if example.target is not None else []
+        prompt_inputs[row, :len(source_ids)] = source_ids
+        prompt_lengths[row] = len(source_ids)
+        if encoder_decoder:
+            k, m = len(source_ids), len(target_ids)
+            out["inputs"][row, :k], out["segment_ids"][row, :k], out["positions"][row, :k] = source_ids, 1, range(k)
+            decoder_inputs = [decoder_start_id] + target_ids[:-1]
+            out["decoder_inputs"][row, :len(decoder_inputs)] = decoder_inputs
+            out["decoder_segment_ids"][row, :len(decoder_inputs)] = 1
+            out["decoder_positions"][row, :len(decoder_inputs)] = range(len(decoder_inputs))
+            out["targets"][row, :m], out["weights"][row, :m] = target_ids, 1.0
+        else:
+            row_ids = source_ids + target_ids
+            k = len(row_ids) - 1 if target_ids else len(source_ids)
+            out["inputs"][row, :k] = row_ids[:k]
+            out["segment_ids"][row, :k], out["positions"][row, :k] = 1, range(k)
+            out["targets"][row, :len(row_ids) - 1] = row_ids[1:]
+            # Position i predicts token i + 1: the target's tokens are predicted from the separating EOS on.
+            out["weights"][row, len(source_ids) - 1:len(row_ids) - 1] = 1.0
+    out.update(prompt_inputs=prompt_inputs, prompt_lengths=prompt_lengths,
+               example_index=np.arange(n, dtype=np.int32), example_weights=np.ones(n, np.float32))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

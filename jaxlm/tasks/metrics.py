@@ -1,6 +1,7 @@
 """Task metrics in plain numpy / python (no sklearn or scipy in the package).
 
-All scores are fractions in [0, 1] (the official conlleval and SQuAD scripts print them x 100).
+All scores are fractions in [0, 1] (the official conlleval and SQuAD scripts print them x 100), except BLEU and
+ROUGE, which are on sacrebleu's and the papers' 0-100 scale, so a BLEU here reads like every BLEU in print.
 """
 from __future__ import annotations
 
@@ -247,3 +248,49 @@ def squad_scores(references: dict[str, Sequence[str]], predictions: dict[str, st
         f1 += max(squad_f1(prediction, t) for t in truths)
     return {"exact_match": exact / len(references), "f1": f1 / len(references),
             "answered": sum(qid in predictions for qid in references) / len(references)}
+
+
+# ----- text generation: BLEU (sacrebleu), ROUGE (rouge-score) -----
+
+TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def bleu(references: Sequence[str], hypotheses: Sequence[str], *, tokenize: str = "13a") -> float:
+    """Corpus BLEU (0-100) with sacrebleu's defaults (13a tokenisation, exponential smoothing off), the number
+    WMT and the T5 paper report; detokenized text in, one reference per hypothesis."""
+    import sacrebleu
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"bleu: {len(hypotheses)} hypotheses for {len(references)} references")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
+
+
+def rouge(references: Sequence[str], hypotheses: Sequence[str],
+          names: Sequence[str] = ("rouge1", "rouge2", "rougeLsum")) -> dict[str, float]:
+    """Mean ROUGE F-measures (0-100) with Porter stemming, as t5x and the summarisation papers compute them
+    (rougeLsum splits summaries into sentences on newlines). Needs `pip install rouge-score` (jaxlm[rouge])."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as e:
+        raise ImportError("ROUGE needs the rouge-score package: pip install 'jaxlm[rouge]' (or rouge-score)") from e
+    if len(references) != len(hypotheses):
+        raise ValueError(f"rouge: {len(hypotheses)} hypotheses for {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    totals = dict.fromkeys(names, 0.0)
+    for reference, hypothesis in zip(references, hypotheses):
+        for name, score in scorer.score(reference, hypothesis).items():
+            totals[name] += score.fmeasure
+    return {name: 100.0 * total / max(len(references), 1) for name, total in totals.items()}
+
+
+def text_metrics(names: Iterable[str], references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """{name: score} for names among TEXT_METRICS."""
+    names = list(names)
+    unknown = [n for n in names if n not in TEXT_METRICS]
+    if unknown:
+        raise ValueError(f"unknown text metric(s) {unknown}; choose from {TEXT_METRICS}")
+    out = {"bleu": bleu(references, hypotheses)} if "bleu" in names else {}
+    rouge_names = [n for n in names if n != "bleu"]
+    if rouge_names:
+        out.update(rouge(references, hypotheses, rouge_names))
+    return out

@@ -1,4 +1,5 @@
-"""Task files -> examples: GLUE-style TSV, generic text classification (TSV/CSV/JSONL), CoNLL NER, SQuAD v1.1.
+"""Task files -> examples: GLUE-style TSV, generic text classification (TSV/CSV/JSONL), CoNLL NER, SQuAD v1.1,
+and text-to-text pairs (line-aligned parallel files as Multi30k / WMT ship them, or TSV/CSV/JSONL columns).
 
 Every reader returns `(examples, stats)`. A bad line (wrong column count, a label outside the label list, empty
 text, an unknown tag) raises `BadInputError` naming `file:line` and what was expected; with
@@ -61,6 +62,14 @@ class QAExample:
     context: str
     answers: tuple[Answer, ...] = ()
     title: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqExample:
+    """One text-to-text pair (translation, summarisation, ...). `target` None: unlabelled input (predict)."""
+    guid: str  # "file:line" (parallel files: the source file's)
+    source: str
+    target: str | None = None
 
 
 @dataclasses.dataclass
@@ -280,6 +289,62 @@ def read_text_classification(path: str | os.PathLike, layout: TextLayout, *,
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Text-to-text pairs
+# ----------------------------------------------------------------------------------------------------------------
+
+def parallel_paths(prefix: str | os.PathLike, source_field: str, target_field: str | None) -> tuple[str, str | None]:
+    """fairseq / Multi30k naming: PREFIX.en + PREFIX.de for prefix PREFIX and fields 'en', 'de'."""
+    prefix = os.fspath(prefix)
+    return f"{prefix}.{source_field}", (f"{prefix}.{target_field}" if target_field else None)
+
+
+def read_parallel(source_path: str | os.PathLike, target_path: str | os.PathLike | None = None, *,
+                  skip_bad_lines: bool = False) -> tuple[list[Seq2SeqExample], ReadStats]:
+    """Line i of the source file paired with line i of the target file (target_path None: sources only).
+
+    Files of different lengths are an error naming both files and both counts: a pair shifted by one line
+    trains a model on nonsense without any other symptom. An empty line on either side is a bad line.
+    """
+    source_path = os.fspath(source_path)
+    paths = [source_path] + ([os.fspath(target_path)] if target_path else [])
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"task data file not found: {path}")
+    columns = []
+    for path in paths:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            columns.append([line.rstrip("\r\n") for line in f])
+        while columns[-1] and not columns[-1][-1].strip():  # trailing blank lines
+            columns[-1].pop()
+    if len(columns) == 2 and len(columns[0]) != len(columns[1]):
+        raise BadInputError(f"{paths[0]} has {len(columns[0])} lines but {paths[1]} has {len(columns[1])}: "
+                            "parallel files must be line-aligned")
+    stats = ReadStats(source_path)
+    errors = _Errors(stats, skip_bad_lines)
+    examples = []
+    for number, texts in enumerate(zip(*columns), 1):
+        texts = [t.strip() for t in texts]
+        empty = [paths[i] for i, t in enumerate(texts) if not t]
+        if empty:
+            errors.bad("empty_text", f"{empty[0]}:{number}: empty line (its pair is line {number} of the other "
+                       "file)")
+            continue
+        examples.append(Seq2SeqExample(f"{source_path}:{number}", texts[0], texts[1] if len(texts) == 2 else None))
+    stats.examples = len(examples)
+    return examples, stats
+
+
+def read_seq2seq(path: str | os.PathLike, source_column: str | int, target_column: str | int | None, *,
+                 header: bool = True, format: str | None = None,
+                 skip_bad_lines: bool = False) -> tuple[list[Seq2SeqExample], ReadStats]:
+    """(source, target) pairs from two columns of a TSV / CSV / JSONL file (target_column None: sources only);
+    the same parsing and bad-line reporting as read_text_classification."""
+    layout = TextLayout(source_column, None, target_column, labels=None, header=header, format=format)
+    examples, stats = read_text_classification(path, layout, skip_bad_lines=skip_bad_lines)
+    return [Seq2SeqExample(e.guid, e.text_a, e.text_b) for e in examples], stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # CoNLL-2003 NER
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -439,14 +504,19 @@ def _class_names(source, key: str, nested: bool = False):
         return None
 
 
-def tfds_examples(name: str, split: str, data_dir: str | os.PathLike | None = None):
+def tfds_examples(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                  seq2seq_fields: tuple[str, str] | None = None):
     """Examples of a TFDS catalog dataset already prepared as array_record: glue/<task> -> TextExample (label
     indices in GLUE_LAYOUTS' order where the class names match), squad -> QAExample, conll2003 -> TokenExample
     (tags as BIO strings from the dataset's ClassLabel names; TFDS's splits are train / dev / test).
+    With seq2seq_fields=(source key, target key), any dataset -> Seq2SeqExample, e.g. ('en', 'de') for
+    wmt14_translate/de-en or ('article', 'highlights') for cnn_dailymail.
 
     Raises jaxlm.data.DataNotPreparedError (with the `tfds build` command to run) when it is not prepared.
     Returns (examples, ReadStats) like the file readers; GLUE test splits (label -1) give label None.
     """
+    if seq2seq_fields is not None:
+        return _tfds_seq2seq_examples(name, split, data_dir, *seq2seq_fields)
     family = name.split("/")[0].split(":")[0]
     if family not in ("glue", "squad", "conll2003"):
         raise ValueError(f"tfds_examples: {name!r} is not one of the supported TFDS datasets {TFDS_TASKS}")
@@ -494,6 +564,22 @@ def tfds_examples(name: str, split: str, data_dir: str | os.PathLike | None = No
             examples.append(TokenExample(f"{where}:{i}", tuple(_text(w) for w in record["tokens"]), tags))
     stats.examples = len(examples)
     return examples, stats
+
+
+def _tfds_seq2seq_examples(name, split, data_dir, source_key: str, target_key: str):
+    from jaxlm.data.corpus import load_data_source
+
+    source = load_data_source(name, split, data_dir)
+    where = f"tfds:{name}[{split}]"
+    if len(source):
+        keys = sorted(source[0])
+        missing = [k for k in (source_key, target_key) if k not in keys]
+        if missing:
+            raise ValueError(f"{where} has no feature(s) {missing} (config.data.source_field / target_field); its "
+                             f"features are {keys}")
+    examples = [Seq2SeqExample(f"{where}:{i}", _text(record[source_key]).strip(), _text(record[target_key]).strip())
+                for i, record in ((i, source[i]) for i in range(len(source)))]
+    return examples, ReadStats(where, examples=len(examples))
 
 
 def tfds_label_names(name: str, split: str, data_dir: str | os.PathLike | None = None) -> list[str] | None:

@@ -1,0 +1,287 @@
+"""Text-to-text fine-tuning: parallel / column readers, the T5 and GPT-2 batch layouts, BLEU / ROUGE, config
+errors; end to end on Multi30k en-de (tiny T5 and GPT-2 from scratch beat copying the source), with the
+evaluate / predict / generate commands reading the run back."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxlm import tasks
+from jaxlm.config_defaults import finetune_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTI30K = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "multi30k"))
+needs_multi30k = pytest.mark.skipif(not os.path.isdir(MULTI30K), reason=f"Multi30k not found at {MULTI30K} "
+                                    "(../shared/data/multi30k: train_first5000, val, test_2016_flickr .en/.de)")
+TINY_T5 = dict(d_model=64, d_ff=256, d_kv=16, num_heads=4, num_layers=2)
+TINY_GPT2 = dict(hidden_size=64, intermediate_size=256, num_heads=4, num_layers=2, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    """A 1000-piece sentencepiece model of the Multi30k training pairs (both languages)."""
+    if not os.path.isdir(MULTI30K):
+        pytest.skip(f"Multi30k not found at {MULTI30K}")
+    from jaxlm import data
+
+    texts = []
+    for lang in ("en", "de"):
+        with open(os.path.join(MULTI30K, f"train_first5000.{lang}"), encoding="utf-8") as f:
+            texts += [line.strip() for line in f]
+    prefix = str(tmp_path_factory.mktemp("tok") / "multi30k")
+    data.train_tokenizer(iter(texts), prefix, 1000)
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_file):
+    from jaxlm.data import Tokenizer
+
+    return Tokenizer(tokenizer_file)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Readers
+
+@needs_multi30k
+def test_read_parallel_pairs_multi30k_lines():
+    examples, stats = tasks.read_parallel(*tasks.parallel_paths(os.path.join(MULTI30K, "val"), "en", "de"))
+    assert stats.examples == len(examples) == 1014 and not stats.num_skipped
+    assert examples[0].source == "A group of men are loading cotton onto a truck"
+    assert examples[0].target == "Eine Gruppe von Männern lädt Baumwolle auf einen Lastwagen"
+    assert examples[0].guid == os.path.join(MULTI30K, "val.en") + ":1"
+    sources, _ = tasks.read_parallel(os.path.join(MULTI30K, "val.en"))
+    assert [e.source for e in sources] == [e.source for e in examples] and sources[0].target is None
+
+
+def test_read_parallel_errors_name_files_and_lines(tmp_path):
+    (tmp_path / "x.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "x.de").write_text("eins\nzwei\n")
+    with pytest.raises(tasks.BadInputError, match=r"x\.en has 3 lines but .*x\.de has 2"):
+        tasks.read_parallel(tmp_path / "x.en", tmp_path / "x.de")
+    (tmp_path / "x.de").write_text("eins\n\ndrei\n\n")  # a blank pair line; trailing blank lines are fine
+    with pytest.raises(tasks.BadInputError, match=r"x\.de:2: empty line"):
+        tasks.read_parallel(tmp_path / "x.en", tmp_path / "x.de")
+    examples, stats = tasks.read_parallel(tmp_path / "x.en", tmp_path / "x.de", skip_bad_lines=True)
+    assert [(e.source, e.target) for e in examples] == [("one", "eins"), ("three", "drei")]
+    assert stats.skipped == {"empty_text": 1}
+    with pytest.raises(FileNotFoundError, match=r"x\.fr"):
+        tasks.read_parallel(tmp_path / "x.en", tmp_path / "x.fr")
+
+
+def test_read_seq2seq_columns(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"article": "A long text.", "summary": "Short."}) + "\n"
+                    + json.dumps({"article": "Other text."}) + "\n")
+    with pytest.raises(tasks.BadInputError, match=r"pairs\.jsonl:2: missing key\(s\) \['summary'\]"):
+        tasks.read_seq2seq(path, "article", "summary")
+    examples, _ = tasks.read_seq2seq(path, "article", None)
+    assert [(e.source, e.target) for e in examples] == [("A long text.", None), ("Other text.", None)]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("src\ttgt\nHello .\tHallo .\n")
+    examples, _ = tasks.read_seq2seq(tsv, "src", "tgt")
+    assert (examples[0].source, examples[0].target, examples[0].guid) == ("Hello .", "Hallo .", f"{tsv}:2")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features: the pretraining batch formats
+
+def test_encoder_decoder_features(tokenizer):
+    examples = [tasks.Seq2SeqExample("a", "A man rides a bike .", "Ein Mann fährt Rad ."),
+                tasks.Seq2SeqExample("b", "word " * 50, "Wort " * 50), tasks.Seq2SeqExample("c", "Hello .")]
+    prompt = "translate English to German: {source}"
+    f = tasks.seq2seq_features(examples, tokenizer, 40, 12, encoder_decoder=True, prompt=prompt,
+                               decoder_start_id=0, pad_id=0)
+    eos = tokenizer.eos_id
+    source = tokenizer.encode(prompt.replace("{source}", examples[0].source))
+    target = tokenizer.encode(examples[0].target)
+    assert len(source) < 39 and len(target) < 11
+    np.testing.assert_array_equal(f["inputs"][0, :len(source) + 1], source + [eos])
+    assert f["segment_ids"][0].sum() == len(source) + 1 and f["inputs"][0, len(source) + 1:].max() == 0
+    np.testing.assert_array_equal(f["targets"][0, :len(target) + 1], target + [eos])
+    np.testing.assert_array_equal(f["decoder_inputs"][0, :len(target) + 1], [0] + target)  # shifted right
+    assert f["weights"][0].sum() == len(target) + 1
+    np.testing.assert_array_equal(f["decoder_segment_ids"][0], f["weights"][0])
+    # Long texts are cut to S - 1 / T - 1 tokens and still end with EOS.
+    assert f["inputs"][1, -1] == eos and f["segment_ids"][1].all()
+    assert f["targets"][1, -1] == eos and f["weights"][1].all()
+    # No target: nothing to learn, the decoder starts from its start token.
+    assert f["weights"][2].sum() == 0 and f["decoder_segment_ids"][2].sum() == 1
+    np.testing.assert_array_equal(f["prompt_inputs"], f["inputs"])
+    np.testing.assert_array_equal(f["prompt_lengths"], f["segment_ids"].sum(1))
+
+
+def test_decoder_only_features_weigh_only_the_target(tokenizer):
+    examples = [tasks.Seq2SeqExample("a", "A man rides a bike .", "Ein Mann fährt Rad .")]
+    f = tasks.seq2seq_features(examples, tokenizer, 16, 12, encoder_decoder=False)
+    eos = tokenizer.eos_id
+    source, target = tokenizer.encode(examples[0].source), tokenizer.encode(examples[0].target)
+    row = source + [eos] + target + [eos]
+    assert f["inputs"].shape == (1, 16 + 12 - 1)
+    np.testing.assert_array_equal(f["inputs"][0, :len(row) - 1], row[:-1])
+    np.testing.assert_array_equal(f["targets"][0, :len(row) - 1], row[1:])
+    weighted = f["targets"][0][f["weights"][0] > 0]
+    np.testing.assert_array_equal(weighted, target + [eos])  # never trained to write the source
+    assert f["segment_ids"][0].sum() == len(row) - 1
+    np.testing.assert_array_equal(f["prompt_inputs"][0, :f["prompt_lengths"][0]], source + [eos])
+
+
+def test_prompt_template_must_name_the_source(tokenizer):
+    with pytest.raises(ValueError, match=r"must contain '\{source\}'"):
+        tasks.seq2seq_features([], tokenizer, 8, 8, encoder_decoder=True, prompt="translate: ")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+def test_bleu_and_rouge_scores():
+    assert tasks.bleu(["Ein Mann fährt Rad ."], ["Ein Mann fährt Rad ."]) == pytest.approx(100.0)
+    assert tasks.bleu(["Ein Mann fährt Rad ."], ["Hunde bellen laut"]) == 0.0
+    # One 6-word reference, a 4-word hypothesis with 4/4 unigrams .. 1/1 4-gram right: precisions are 1 and
+    # BLEU is the brevity penalty exp(1 - 6/4).
+    reference, hypothesis = "the cat sat on the mat", "the cat sat on"
+    assert tasks.bleu([reference], [hypothesis]) == pytest.approx(100 * np.exp(1 - 6 / 4), rel=1e-6)
+    with pytest.raises(ValueError, match="2 hypotheses for 1 references"):
+        tasks.bleu(["a"], ["a", "b"])
+    pytest.importorskip("rouge_score", reason="ROUGE needs the rouge extra")
+    scores = tasks.rouge(["a cat sat on the mat"], ["the cat sat"], ("rouge1", "rouge2", "rougeL"))
+    # unigrams: 3 of 3 hypothesis words in the 6-word reference -> P 1, R 1/2; bigrams: 'cat sat' of 2 / of 5;
+    # LCS 'the cat sat'? no: 'cat sat' (the reference's 'the' comes later) -> P 2/3, R 2/6.
+    f1 = lambda p, r: 100 * 2 * p * r / (p + r)  # noqa: E731
+    assert scores["rouge1"] == pytest.approx(f1(1, 1 / 2))
+    assert scores["rouge2"] == pytest.approx(f1(1 / 2, 1 / 5))
+    assert scores["rougeL"] == pytest.approx(f1(2 / 3, 2 / 6))
+    with pytest.raises(ValueError, match="unknown text metric"):
+        tasks.text_metrics(["meteor"], ["a"], ["a"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config errors
+
+def _seq2seq_config(**data):
+    config = finetune_config()
+    config.task = "seq2seq"
+    config.data.format = "parallel"
+    config.data.source_field, config.data.target_field = "en", "de"
+    for key, value in data.items():
+        config.data[key] = value
+    return config
+
+
+def test_seq2seq_config_errors():
+    from jaxlm.task_pipeline import task_spec
+
+    spec = task_spec(_seq2seq_config(), "t5")
+    assert (spec.task, spec.encoder_decoder, spec.text_metrics, spec.row_len) == ("seq2seq", True, ("bleu",), 128)
+    spec = task_spec(_seq2seq_config(max_target_len=32), "gpt2")
+    assert (spec.encoder_decoder, spec.row_len) == (False, 128 + 32 - 1)
+    with pytest.raises(ValueError, match=r"needs a model that writes text .* a 'bert' model"):
+        task_spec(_seq2seq_config(), "bert")
+    with pytest.raises(ValueError, match=r"config.data.target_field is empty"):
+        task_spec(_seq2seq_config(target_field=""), "t5")
+    with pytest.raises(ValueError, match=r"config.data.metrics=\('sacrebleu',\)"):
+        task_spec(_seq2seq_config(metrics=("sacrebleu",)), "t5")
+    config = _seq2seq_config()
+    config.task = "classification"
+    with pytest.raises(ValueError, match=r"holds text pairs: set --config.task=seq2seq"):
+        task_spec(config, "t5")
+    config = _seq2seq_config()
+    config.data.format = "squad"
+    with pytest.raises(ValueError, match=r"reads config.data.format in \('parallel', 'tsv', 'csv', 'jsonl'\)"):
+        task_spec(config, "t5")
+
+
+def test_decoder_only_rows_must_fit_the_position_table():
+    from jaxlm.models import get_model_config
+    from jaxlm.task_pipeline import check_fits, task_spec
+
+    spec = task_spec(_seq2seq_config(max_len=40, max_target_len=30), "gpt2")
+    model_config = get_model_config("gpt2", None, **TINY_GPT2, vocab_size=1000)
+
+    class Tok:
+        vocab_size = 1000
+
+    with pytest.raises(ValueError, match=r"max_len \+ max_target_len - 1 = 69 .* exceeds the 64 positions"):
+        check_fits(spec, model_config, Tok())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: Multi30k en-de from scratch, then evaluate / predict / generate on the run
+
+def _finetune(family, workdir, tokenizer_file, **overrides):
+    from jaxlm import finetune
+
+    config = finetune_config()
+    with config.unlocked():
+        config.task = "seq2seq"
+        config.tokenizer = tokenizer_file
+        config.model.family, config.model.size = family, ""
+        config.model.update(TINY_T5 if family == "t5" else TINY_GPT2)
+        config.data.update(format="parallel", train_file=os.path.join(MULTI30K, "train_first5000"),
+                           eval_file=os.path.join(MULTI30K, "val"), source_field="en", target_field="de",
+                           max_len=32, max_target_len=32, eval_limit=64)
+        config.optimizer.update(learning_rate=3e-3, weight_decay=0.0)
+        config.train.update(batch_size=32, eval_batch_size=32, num_epochs=2.0, log_every=20, progress_bar=False)
+        for key, value in overrides.items():
+            config.train[key] = value
+    return finetune.run(config, str(workdir))
+
+
+def _copy_bleu(prefix, limit):
+    examples, _ = tasks.read_parallel(*tasks.parallel_paths(prefix, "en", "de"))
+    examples = examples[:limit]
+    return tasks.bleu([e.target for e in examples], [e.source for e in examples])
+
+
+def _train_losses(workdir):
+    from jaxlm.train.metrics import read_metrics
+
+    return [r["loss"] for r in read_metrics(str(workdir)) if r["split"] == "train"]
+
+
+@pytest.mark.slow
+@needs_multi30k
+def test_t5_translation_beats_copying_the_source(tokenizer_file, tmp_path):
+    from jaxlm import evaluate, predict
+
+    workdir = tmp_path / "t5"
+    summary = _finetune("t5", workdir, tokenizer_file)
+    losses = _train_losses(workdir)
+    assert losses[-1] < losses[0] - 2.0, losses
+    copy_val = _copy_bleu(os.path.join(MULTI30K, "val"), 64)
+    assert summary["final_eval"]["bleu"] > copy_val + 1.0, (summary["final_eval"], copy_val)
+
+    # The held-out test set, scored by the evaluate command's function: the run generalises past its dev set.
+    test_prefix = os.path.join(MULTI30K, "test_2016_flickr")
+    result = evaluate.evaluate(str(workdir), test_prefix, limit=64)
+    assert result["bleu"] > _copy_bleu(test_prefix, 64) + 1.0, result
+    with open(workdir / "eval_test_2016_flickr.json") as f:
+        assert json.load(f)["bleu"] == result["bleu"]
+
+    # predict (the run's latest step) and the generate command (the same checkpoint, greedy) write the same text.
+    source = "A man in a blue shirt is standing on a ladder."
+    [record] = predict.predict(str(workdir), [{"source": source}], step=summary["final_step"])
+    assert record["source"] == source and record["prediction"].strip()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlm.generate", f"--checkpoint={workdir}", f"--prompt={source}",
+         "--strategy=greedy", "--max_new_tokens=32"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].strip() == record["prediction"].strip(), proc.stdout
+
+
+@pytest.mark.slow
+@needs_multi30k
+def test_gpt2_writes_the_translation_after_the_prompt(tokenizer_file, tmp_path):
+    from jaxlm import predict
+
+    workdir = tmp_path / "gpt2"
+    summary = _finetune("gpt2", workdir, tokenizer_file)
+    losses = _train_losses(workdir)
+    assert losses[-1] < losses[0] - 2.0, losses
+    assert summary["final_eval"]["bleu"] > _copy_bleu(os.path.join(MULTI30K, "val"), 64) + 1.0, summary
+    [record] = predict.predict(str(workdir), [{"source": "Two dogs play in the snow."}])
+    assert record["prediction"].strip() and "Two dogs play" not in record["prediction"]
