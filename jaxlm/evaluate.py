@@ -19,6 +19,7 @@ def evaluate(workdir: str, split_file: str = "", *, split: str = "", step: int |
     from ml_collections import ConfigDict
 
     from jaxlm import task_pipeline as tp
+    from jaxlm.paths import absolute
 
     t0 = time.perf_counter()
     run = tp.load_finetuned(workdir, step)
@@ -29,7 +30,7 @@ def evaluate(workdir: str, split_file: str = "", *, split: str = "", step: int |
     features = tp.make_features(run.spec, examples, run.tokenizer)
     outputs, loss = run.predictor(batch_size or None)(run.params, features)
     result = {"loss": loss, **tp.task_metrics(run.spec, examples, features, outputs), "step": run.step,
-              "file": os.path.abspath(path) if path else f"tfds:{data.tfds_name}[{split}]",
+              "file": absolute(path) if path else f"tfds:{data.tfds_name}[{split}]",
               "examples": len(examples), "seconds": time.perf_counter() - t0}
     tp.write_json(os.path.join(workdir, f"eval_{split}.json"), result)
     return result

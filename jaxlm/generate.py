@@ -19,20 +19,25 @@ import sys
 
 
 def find_tokenizer(workdir: str, saved: dict | None) -> str:
-    """The tokenizer that came with a checkpoint (a sentencepiece .model file or an HF tokenizer directory)."""
+    """The tokenizer that came with a checkpoint (a sentencepiece .model file or an HF tokenizer directory), local
+    or remote (gs://...)."""
+    from jaxlm.paths import is_nonempty
+
     saved = saved or {}
     candidates = [os.path.join(workdir, "tokenizer.model"),
                   os.path.join(workdir, saved.get("tokenizer_dir") or "tokenizer")]
     candidates += [p for p in (saved.get("tokenizer_file"), (saved.get("data") or {}).get("tokenizer"))
                    if isinstance(p, str) and p]
     for path in candidates:
-        if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+        if is_nonempty(path):
             return path
     raise FileNotFoundError(f"no tokenizer found with checkpoint {workdir} (tried {candidates}); pass --tokenizer")
 
 
 def load_tokenizer(path: str, family: str | None):
-    if os.path.isdir(path):
+    from etils import epath
+
+    if epath.Path(path).is_dir():
         from jaxlm.convert import load_tokenizer as load_hf_tokenizer
         tokenizer = load_hf_tokenizer(path, family)
         if tokenizer is None:
@@ -89,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     prompts = list(args.prompt)
     if args.prompts_file:
-        with open(args.prompts_file) as f:
+        from jaxlm.paths import open_text
+
+        with open_text(args.prompts_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE")

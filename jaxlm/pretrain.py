@@ -50,13 +50,13 @@ def load_or_train_tokenizer(config, workdir, dataset_name):
     from etils import epath
 
     from jaxlm import data
-    from jaxlm.train.metrics import is_remote
+    from jaxlm.paths import is_remote
 
     if config.data.tokenizer:
         return data.Tokenizer(config.data.tokenizer, extra_ids=config.data.tokenizer_extra_ids)
     model_file = epath.Path(workdir) / "tokenizer.model"
     if model_file.exists():
-        return _read_tokenizer(model_file)
+        return data.Tokenizer(model_file)
     if jax.process_count() > 1:
         raise ValueError("multi-process runs need config.data.tokenizer (a .model file every host can read); "
                          "train one first with `python -m jaxlm.tokenizer train ...`")
@@ -72,20 +72,7 @@ def load_or_train_tokenizer(config, workdir, dataset_name):
         if is_remote(workdir):
             for suffix in (".model", ".vocab"):
                 (epath.Path(workdir) / f"tokenizer{suffix}").write_bytes(epath.Path(prefix + suffix).read_bytes())
-    return _read_tokenizer(model_file)
-
-
-def _read_tokenizer(model_file):
-    """data.Tokenizer opens local files only: a remote model is read through epath and keeps its address as
-    `model_file` (the saved config records it)."""
-    from jaxlm import data
-    from jaxlm.train.metrics import is_remote
-
-    if not is_remote(model_file):
-        return data.Tokenizer(os.fspath(model_file))
-    tokenizer = data.Tokenizer(model_proto=model_file.read_bytes())
-    tokenizer.model_file = os.fspath(model_file)
-    return tokenizer
+    return data.Tokenizer(model_file)
 
 
 def model_config_from(config, vocab_size):

@@ -1,5 +1,6 @@
 """A gs:// workdir: metrics.jsonl, TensorBoard events, summary.json, the loss curve and the pretraining
-tokenizer land in the bucket, not on the worker's disk.
+tokenizer land in the bucket, not on the worker's disk; fine-tuning, evaluation, prediction, generation and
+imports find and write their tokenizers, configs and JSON(L) files there.
 
 The bucket is an in-memory fsspec filesystem served where etils.epath would ask gcsfs for one; like GCS,
 it refuses to append to an object.
@@ -124,3 +125,189 @@ def test_a_failed_periodic_upload_is_retried_without_stopping_training(bucket, m
     writer.write(2, {"loss": 2.0})
     writer.close()
     assert [r["step"] for r in mx.read_metrics(ROOT)] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fine-tuning, evaluation, prediction, generation and imports on a gs:// workdir
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory) -> str:
+    """A small sentencepiece model on local disk (its bytes are put in the bucket by the tests)."""
+    from pydoc_data.topics import topics
+
+    from jaxlm.data import train_tokenizer
+
+    prefix = tmp_path_factory.mktemp("sp") / "sp"
+    train_tokenizer(iter(list(topics.values())[:60]), prefix, vocab_size=300)
+    return f"{prefix}.model"
+
+
+def put(path: str, data: bytes | str) -> str:
+    p = epath.Path(path)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def word_level_tokenizer_json() -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "hello", "bucket", "world"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return backend.to_str()
+
+
+def test_a_pretraining_runs_tokenizer_in_the_bucket_is_found_loaded_and_copied(bucket, sp_model):
+    from jaxlm import task_pipeline as tp
+    from jaxlm.data import Tokenizer
+
+    local = Tokenizer(sp_model)
+    pretrain = put("gs://bucket/pretrain/tokenizer.model", epath.Path(sp_model).read_bytes())
+    assert tp.checkpoint_tokenizer_path("gs://bucket/pretrain", None) == pretrain
+    assert tp.checkpoint_tokenizer_path("gs://bucket/other", {"tokenizer_file": pretrain}) == pretrain
+    with pytest.raises(FileNotFoundError, match="no tokenizer found"):
+        tp.checkpoint_tokenizer_path("gs://bucket/other", {"tokenizer_file": "gs://bucket/none.model"})
+
+    remote = tp.load_tokenizer(pretrain, "bert")
+    assert remote.model_file == pretrain and remote.vocab_size == local.vocab_size == 300
+    assert remote.encode("The quick brown fox") == local.encode("The quick brown fox")
+    assert Tokenizer(pretrain, extra_ids=5).vocab_size == 305  # config.data.tokenizer=gs://...model
+    with pytest.raises(FileNotFoundError, match="gs://bucket/none.model"):
+        tp.load_tokenizer("gs://bucket/none.model", "bert")
+    with pytest.raises(FileNotFoundError, match="gs://bucket/none.model"):
+        Tokenizer("gs://bucket/none.model")
+
+    saved = tp.save_tokenizer(pretrain, "gs://bucket/finetune")
+    assert saved == "gs://bucket/finetune/tokenizer.model"
+    assert epath.Path(saved).read_bytes() == epath.Path(sp_model).read_bytes()
+    assert tp.save_tokenizer(saved, "gs://bucket/finetune") == saved  # a resumed run: onto itself, untouched
+    assert tp.save_tokenizer(sp_model, "gs://bucket/from-local") == "gs://bucket/from-local/tokenizer.model"
+    assert epath.Path("gs://bucket/from-local/tokenizer.model").read_bytes() == epath.Path(sp_model).read_bytes()
+
+
+def test_hf_tokenizer_directories_in_the_bucket(bucket, sp_model):
+    from jaxlm import generate
+    from jaxlm import task_pipeline as tp
+    from jaxlm.convert.tokenizers import HFTokenizer, copy_tokenizer_files
+    from jaxlm.data import Tokenizer
+
+    imported = "gs://bucket/imported"
+    put(f"{imported}/tokenizer/tokenizer.json", word_level_tokenizer_json())
+    put(f"{imported}/tokenizer/tokenizer_config.json", json.dumps({"eos_token": "</s>"}))
+    assert tp.checkpoint_tokenizer_path(imported, None) == f"{imported}/tokenizer"
+    assert generate.find_tokenizer(imported, {"tokenizer_dir": "tokenizer"}) == f"{imported}/tokenizer"
+    for tokenizer in (tp.load_tokenizer(f"{imported}/tokenizer", "gpt2"),
+                      generate.load_tokenizer(f"{imported}/tokenizer", "gpt2")):
+        assert isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "tokenizer_json"
+        assert tokenizer.model_file == f"{imported}/tokenizer/tokenizer.json"
+        assert tokenizer.encode("hello bucket world") == [4, 5, 6] and tokenizer.eos_id == 3
+
+    copied = tp.save_tokenizer(f"{imported}/tokenizer", "gs://bucket/finetune")
+    assert copied == "gs://bucket/finetune/tokenizer"
+    assert sorted(p.name for p in epath.Path(copied).iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert tp.load_tokenizer(copied, "gpt2").encode("world hello") == [6, 4]
+
+    bert = "gs://bucket/bert/tokenizer"  # WordPiece: vocab.txt is read line by line
+    put(f"{bert}/vocab.txt", "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "héllo", "wörld", "##s", ""]))
+    put(f"{bert}/tokenizer_config.json", json.dumps({"do_lower_case": False, "strip_accents": False}))
+    assert tp.load_tokenizer(bert, "bert").encode("héllo wörlds") == [5, 6, 7]
+
+    t5 = "gs://bucket/t5/tokenizer"  # sentencepiece in an HF directory, with T5's appended sentinels
+    put(f"{t5}/spiece.model", epath.Path(sp_model).read_bytes())
+    put(f"{t5}/tokenizer_config.json", json.dumps({"extra_ids": 4}))
+    spiece = tp.load_tokenizer(t5, "t5")
+    assert isinstance(spiece, Tokenizer) and spiece.model_file == f"{t5}/spiece.model" and spiece.vocab_size == 304
+    assert copy_tokenizer_files(t5, "gs://bucket/t5-copy") == ["tokenizer_config.json", "spiece.model"]
+    assert tp.load_tokenizer("gs://bucket/t5-copy", "t5").vocab_size == 304
+
+
+def test_an_import_written_to_the_bucket_is_read_back_for_fine_tuning_and_generation(bucket, tmp_path, monkeypatch):
+    """write_workdir's tokenizer copy and jaxlm_config.json; the Orbax checkpoint itself is faked (tensorstore
+    does not write to this fake bucket)."""
+    import dataclasses
+
+    from jaxlm import generate
+    from jaxlm.convert import hf
+    from jaxlm.models import get_model_config
+    from jaxlm.train import checkpoint
+    from jaxlm.train.backbone import read_backbone_config
+
+    saved_by_orbax = {}
+
+    class Manager:
+        def wait_until_finished(self):
+            pass
+
+        def close(self):
+            pass
+
+    def save_checkpoint(manager, step, state, config):
+        saved_by_orbax[step] = config
+        put(f"{workdir}/checkpoints/{step}/state/_METADATA", "{}")  # what checkpoint_step_dir looks for
+        return True
+
+    monkeypatch.setattr(checkpoint, "make_checkpoint_manager", lambda *args, **kwargs: Manager())
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    model_dir = tmp_path / "hf"
+    model_dir.mkdir()
+    (model_dir / "tokenizer.json").write_text(word_level_tokenizer_json())
+    config = get_model_config("gpt2", None, vocab_size=7, hidden_size=16, num_layers=1, num_heads=2)
+    imported = hf.Imported(family="gpt2", config=config, params={}, tokenizer=None,
+                           report=hf.ConversionReport([], [], [], []), hf_config={"model_type": "gpt2"},
+                           files=[str(model_dir / "model.safetensors")])
+
+    workdir = "gs://bucket/imported"
+    written = hf.write_workdir(workdir, imported, str(model_dir))
+    assert saved_by_orbax == {0: written} and written["tokenizer_dir"] == "tokenizer"
+    assert json.loads(epath.Path(workdir, hf.CONFIG_FILE).read_text()) == written
+    assert [p.name for p in epath.Path(workdir, "tokenizer").iterdir()] == ["tokenizer.json"]
+
+    model_config, saved = read_backbone_config(f"{workdir}/checkpoints/0")  # no config item: jaxlm_config.json
+    assert model_config == config and saved == written
+    assert dataclasses.asdict(model_config) == written["model_config"]
+    tokenizer = generate.load_tokenizer(generate.find_tokenizer(workdir, saved), model_config.family)
+    assert tokenizer.encode("hello world") == [4, 6]
+    epath.Path(workdir, hf.CONFIG_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{workdir}/jaxlm_config.json is absent"):
+        read_backbone_config(f"{workdir}/checkpoints/0")
+
+
+def test_json_and_jsonl_files_in_the_bucket(bucket, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from absl import flags
+
+    from jaxlm import finetune, generate, predict
+    from jaxlm import task_pipeline as tp
+    from jaxlm.tasks import BadInputError
+
+    tp.write_json(f"{ROOT}/eval_dev.json", {"accuracy": 0.75, "file": "gs://bucket/dev.jsonl"})
+    assert json.loads(epath.Path(ROOT, "eval_dev.json").read_text()) == {"accuracy": 0.75,
+                                                                         "file": "gs://bucket/dev.jsonl"}
+
+    put(f"{ROOT}/{mx.METRICS_FILE}", "".join(json.dumps(r) + "\n" for r in [
+        {"step": 10, "split": "eval", "time": 1.0, "accuracy": 0.5},
+        {"step": 10, "split": "train", "time": 1.0, "loss": 0.7},
+        {"step": 20, "split": "eval", "time": 2.0, "accuracy": 0.75}]))
+    assert finetune._eval_at(ROOT, 10) == {"accuracy": 0.5} and finetune._eval_at(ROOT, 30) is None
+
+    inputs = put("gs://bucket/in.jsonl", '\ufeff{"text": "café"}\r\n\r\n{"text": "b"}\n'.encode())  # BOM, CRLF
+    assert predict.read_jsonl(inputs) == [{"text": "café"}, {"text": "b"}]
+    put("gs://bucket/bad.jsonl", '{"text": "a"}\n{"text": \n')
+    with pytest.raises(BadInputError, match="gs://bucket/bad.jsonl:2: not valid JSON"):
+        predict.read_jsonl("gs://bucket/bad.jsonl")
+
+    monkeypatch.setattr(flags, "FLAGS", SimpleNamespace(input=inputs, output="gs://bucket/out/predictions.jsonl",
+                                                        workdir=ROOT, step=-1, batch_size=0))
+    monkeypatch.setattr(predict, "predict", lambda workdir, records, **kwargs: [{**r, "label": "ü"} for r in records])
+    predict.main(["predict"])
+    assert epath.Path("gs://bucket/out/predictions.jsonl").read_bytes().decode() == (
+        '{"text": "café", "label": "ü"}\n{"text": "b", "label": "ü"}\n')
+
+    put("gs://bucket/blank.txt", "\n  \n")
+    assert generate.main(["--checkpoint", ROOT, "--prompts_file", "gs://bucket/blank.txt"]) == 1
+    assert "no prompts" in capsys.readouterr().err
+    put("gs://bucket/prompts.txt", "The quick brown fox\n")  # read: the run goes on to the (absent) checkpoint
+    assert generate.main(["--checkpoint", ROOT, "--prompts_file", "gs://bucket/prompts.txt"]) == 1
+    assert f"{ROOT}/checkpoints not found" in capsys.readouterr().err

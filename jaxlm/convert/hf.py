@@ -286,10 +286,13 @@ def write_workdir(workdir: str, imported: Imported, model_dir: str) -> dict:
     state = TrainState(step=0, params, opt_state=None, rng=uint32[2] zeros): params only; a fine-tuning run
     builds its own optimizer state.
     """
+    from etils import epath
+
+    from jaxlm.paths import open_text
     from jaxlm.train.checkpoint import make_checkpoint_manager, save_checkpoint
     from jaxlm.train.state import TrainState
 
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     tokenizer_files = copy_tokenizer_files(model_dir, os.path.join(workdir, TOKENIZER_SUBDIR))
     config_json = saved_config(imported, model_dir, tokenizer_files)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=imported.params, opt_state=None,
@@ -300,7 +303,7 @@ def write_workdir(workdir: str, imported: Imported, model_dir: str) -> dict:
         raise FileExistsError(f"{workdir}: a checkpoint at step 0 exists already; use a fresh --workdir")
     manager.wait_until_finished()
     manager.close()
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    with open_text(os.path.join(workdir, CONFIG_FILE), "w") as f:
         json.dump(config_json, f, indent=2)
     return config_json
 
@@ -324,6 +327,7 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, d
     import orbax.checkpoint as ocp
     from etils import epath
 
+    from jaxlm.paths import open_text
     from jaxlm.train.checkpoint import CHECKPOINT_DIR
 
     directory = epath.Path(workdir) / CHECKPOINT_DIR
@@ -338,8 +342,8 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, d
         step_dir = directory / str(step)
         if (step_dir / "config").exists():
             saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        elif os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-            with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        elif epath.Path(workdir, CONFIG_FILE).is_file():
+            with open_text(os.path.join(workdir, CONFIG_FILE)) as f:
                 saved = json.load(f)
         else:
             raise FileNotFoundError(f"{step_dir}: no config item and no {CONFIG_FILE}; cannot rebuild the model")

@@ -7,15 +7,19 @@ the way transformers' BertTokenizer / GPT2Tokenizer / RobertaTokenizer build the
 
 `encode` adds no special tokens (jaxlm's objectives insert [CLS]/[SEP] themselves); pass
 `add_special_tokens=True` to get what `transformers`' tokenizer(text) returns.
+
+The directory may be local or remote (gs://...): every file is read through etils.epath.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from etils import epath
+
+from jaxlm.paths import open_text
 
 # Files that make up an HF tokenizer; the converter copies those present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -28,10 +32,14 @@ GPT2_DEFAULTS = {"unk": "<|endoftext|>", "bos": "<|endoftext|>", "eos": "<|endof
 BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': byte-level BPE's "a space preceded this piece"
 
 
+def _is_file(path: str) -> bool:
+    return epath.Path(path).is_file()
+
+
 def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not _is_file(path):
         return {}
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         return json.load(f)
 
 
@@ -198,7 +206,7 @@ def _wordpiece(model_dir: str, config: dict):
     from tokenizers.models import WordPiece
 
     vocab = {}
-    with open(os.path.join(model_dir, "vocab.txt"), encoding="utf-8") as f:
+    with open_text(os.path.join(model_dir, "vocab.txt")) as f:
         for index, line in enumerate(f):
             vocab[line.rstrip("\n")] = index
     names = _special_token_names(model_dir, WORDPIECE_DEFAULTS, vocab)
@@ -223,9 +231,9 @@ def _byte_level_bpe(model_dir: str, config: dict, family: str | None):
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    with open(os.path.join(model_dir, "vocab.json"), encoding="utf-8") as f:
+    with open_text(os.path.join(model_dir, "vocab.json")) as f:
         vocab = json.load(f)
-    with open(os.path.join(model_dir, "merges.txt"), encoding="utf-8") as f:
+    with open_text(os.path.join(model_dir, "merges.txt")) as f:
         merges = [tuple(line.split()) for line in f.read().split("\n")
                   if line and not line.startswith("#version") and len(line.split()) == 2]
     roberta = family == "roberta" or (family is None and "<s>" in vocab and "<mask>" in vocab)
@@ -246,7 +254,7 @@ def _byte_level_bpe(model_dir: str, config: dict, family: str | None):
 
 
 def find_tokenizer_files(model_dir: str) -> list[str]:
-    return [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(model_dir, name))]
+    return [name for name in TOKENIZER_FILES if _is_file(os.path.join(model_dir, name))]
 
 
 def load_tokenizer(model_dir: str, family: str | None = None):
@@ -257,34 +265,38 @@ def load_tokenizer(model_dir: str, family: str | None = None):
     """
     config = _read_json(os.path.join(model_dir, "tokenizer_config.json"))
     path = lambda name: os.path.join(model_dir, name)  # noqa: E731
-    if os.path.isfile(path("tokenizer.json")):
+    if _is_file(path("tokenizer.json")):
         from tokenizers import Tokenizer
 
-        backend = Tokenizer.from_file(path("tokenizer.json"))
+        # from_file opens local files only
+        backend = Tokenizer.from_str(epath.Path(path("tokenizer.json")).read_bytes().decode("utf-8"))
         vocab = backend.get_vocab(with_added_tokens=True)
         defaults = WORDPIECE_DEFAULTS if "[CLS]" in vocab else ROBERTA_DEFAULTS if "<s>" in vocab else GPT2_DEFAULTS
         names = _special_token_names(model_dir, defaults, vocab)
         return HFTokenizer(backend, names, kind="tokenizer_json", source=path("tokenizer.json"))
-    if os.path.isfile(path("vocab.txt")):
+    if _is_file(path("vocab.txt")):
         backend, names = _wordpiece(model_dir, config)
         return HFTokenizer(backend, names, kind="wordpiece", source=path("vocab.txt"))
-    if os.path.isfile(path("vocab.json")) and os.path.isfile(path("merges.txt")):
+    if _is_file(path("vocab.json")) and _is_file(path("merges.txt")):
         backend, names = _byte_level_bpe(model_dir, config, family)
         return HFTokenizer(backend, names, kind="byte_level_bpe", source=path("vocab.json"))
     for name in ("spiece.model", "sentencepiece.bpe.model"):
-        if os.path.isfile(path(name)):
+        if _is_file(path(name)):
             from jaxlm.data.tokenizer import Tokenizer
 
-            # T5Tokenizer appends `extra_ids` sentinels (100) after the sentencepiece pieces.
+            # T5Tokenizer appends `extra_ids` sentinels (100) after the sentencepiece pieces. Tokenizer reads
+            # the model through epath itself.
             return Tokenizer(path(name), extra_ids=int(config.get("extra_ids", 0) or 0))
     return None
 
 
 def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
-    """Copies the HF tokenizer files present in src_dir; returns their names."""
+    """Copies the HF tokenizer files present in src_dir; returns their names. Either side may be remote: the
+    bytes go through this process (epath's copy() works within one file system only), and the files are small."""
     names = find_tokenizer_files(src_dir)
+    src, dst = epath.Path(src_dir), epath.Path(dst_dir)
     if names:
-        os.makedirs(dst_dir, exist_ok=True)
+        dst.mkdir(parents=True, exist_ok=True)
     for name in names:
-        shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+        (dst / name).write_bytes((src / name).read_bytes())
     return names

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 from absl import logging
+from etils import epath
 
 WORD_START_MARK = "\u2581"  # '▁': sentencepiece's "a space preceded this piece"
 CLS_PIECES = ("[CLS]", "<cls>")
@@ -49,11 +50,10 @@ class Tokenizer:
         if (model_file is None) == (model_proto is None):
             raise ValueError("Tokenizer: pass exactly one of model_file or model_proto")
         self.model_file = os.fspath(model_file) if model_file is not None else "<in-memory model>"
-        if model_proto is None:
-            if not os.path.exists(self.model_file):
+        if model_proto is None:  # through epath: a model in a bucket (gs://...) loads as a local one does
+            if not (self.model_file and epath.Path(self.model_file).exists()):
                 raise FileNotFoundError(f"Tokenizer: sentencepiece model file not found: {self.model_file}")
-            with open(self.model_file, "rb") as f:
-                model_proto = f.read()
+            model_proto = epath.Path(self.model_file).read_bytes()
         self._model_proto = model_proto
         self._requested_extra_ids = extra_ids
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)

@@ -108,16 +108,19 @@ def workdir_of(path: str) -> str:
 
 def read_backbone_config(path: str, step: int | None = None):
     """(model config, saved run config) of the checkpoint at `path`: the model to build for fine-tuning."""
+    from etils import epath
+
     from jaxlm.convert.hf import config_from_saved
+    from jaxlm.paths import open_text
 
     saved = read_config(path, step)
     if saved is None:
         config_file = os.path.join(workdir_of(path), "jaxlm_config.json")
-        if not os.path.isfile(config_file):
+        if not epath.Path(config_file).is_file():
             raise FileNotFoundError(f"{checkpoint_step_dir(path, step)}: the checkpoint has no config item (and "
                                     f"{config_file} is absent); cannot tell which model it holds")
         import json
-        with open(config_file) as f:
+        with open_text(config_file) as f:
             saved = json.load(f)
     _, model_config = config_from_saved(saved)
     return model_config, saved

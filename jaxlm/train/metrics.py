@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from jaxlm.paths import is_remote
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -111,11 +113,6 @@ def mfu(flops_per_step: float, step_time_s: float, peak_flops: float | None, num
 def _scalar(v: Any) -> float | int:
     v = np.asarray(v)
     return v.item() if v.size == 1 else float(v.mean())
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """A path with a scheme (gs://, s3://, ...): an object store, reached through epath's fsspec backend."""
-    return "://" in os.fspath(path)
 
 
 class _ObjectFile:
