@@ -33,8 +33,9 @@ DEMO_WORKDIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 demo: install
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=$(DEMO_WORKDIR)
 
+# Huge pages here too (the suite is mostly XLA CPU steps); --durations lists what to trim when it grows.
 test: install-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Everything except the end-to-end runs marked `slow`.
 test-fast: install-test

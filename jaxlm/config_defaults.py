@@ -163,10 +163,14 @@ def finetune_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         num_epochs=3.0,  # may be fractional; 0 = only evaluate the initial model
+        num_steps=-1,  # > 0: train exactly this many steps (num_epochs is then ignored), as T5 / t5x count
         batch_size=32,  # global batch
         eval_batch_size=64,
         num_microbatches=1,
         eval_every_epoch=True,  # evaluate (task metrics) at each epoch end and at the last step
+        # > 0: evaluate and checkpoint every N steps instead of every epoch (T5 fine-tunes for 2^18 steps and
+        # keeps the best of a checkpoint every 5,000, however small the task).
+        eval_every_steps=0,
         best_metric="",  # the dev metric that picks the kept checkpoint; '' = the task's (accuracy, f1, ...)
         keep_checkpoints=1,  # the latest N are kept besides the best one
         log_every=50,

@@ -4,9 +4,10 @@ RUN is a pretraining workdir, one of its step dirs, an imported Hugging Face wor
 from-hf`) or another fine-tuning run. The backbone is restored from it (the loaded / new / unused report is
 printed and kept in DIR/backbone_report.json), the task head is new, and training runs through the same sharded
 step, checkpoints and resume as pretraining (jaxlm.train.loop). The dev set is evaluated with the task's own
-metrics (accuracy, F1, Matthews, Pearson/Spearman, conlleval entity F1, SQuAD EM/F1; BLEU / ROUGE of the
-generated text for seq2seq: translation and summarisation with T5, or GPT-2 writing after a prompt) at every epoch end; the
-checkpoint with the best dev metric is kept beside the latest, and summary.json holds the final and best dev
+metrics (accuracy, F1, Matthews, Pearson/Spearman, conlleval entity F1, SQuAD EM/F1; for seq2seq, BLEU / ROUGE
+or the task's metrics of the generated text: translation, summarisation and T5's text-to-text GLUE / SQuAD, or
+GPT-2 writing after a prompt) at every epoch end (or every config.train.eval_every_steps); the checkpoint with
+the best dev metric is kept beside the latest, and summary.json holds the final and best dev
 metrics. Re-running with the same DIR resumes. From a notebook: `jaxlm.finetune.run(config, workdir)`.
 """
 import dataclasses
@@ -57,6 +58,8 @@ def _optimizer(config, num_steps: int, abstract_params):
 def build(config, workdir: str | None = None):
     """(spec, model config, task model, tokenizer path, tokenizer) for a config, reading the init checkpoint's
     saved config (not its arrays)."""
+    from etils import epath
+
     from jaxlm import task_pipeline as tp
     from jaxlm.config_defaults import finetune_config
     from jaxlm.models import get_model_config
@@ -70,7 +73,7 @@ def build(config, workdir: str | None = None):
         tokenizer_path = config.tokenizer
     elif init:
         tokenizer_path = tp.checkpoint_tokenizer_path(workdir_of(init), saved)
-    elif workdir and os.path.exists(os.path.join(workdir, "tokenizer.model")):
+    elif workdir and epath.Path(workdir, "tokenizer.model").exists():
         tokenizer_path = os.path.join(workdir, "tokenizer.model")
     else:
         raise ValueError("config.init_checkpoint='' (a randomly initialised backbone) needs config.tokenizer")
@@ -103,30 +106,30 @@ def _check_batch(name: str, batch_size: int, mesh, process_count: int):
 
 def _eval_at(workdir: str, step: int) -> dict | None:
     """The dev metrics logged at `step` (metrics.jsonl)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    from jaxlm.train.metrics import read_metrics
+
     found = None
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                if record.get("split") == "eval" and record.get("step") == step:
-                    found = {k: v for k, v in record.items() if k not in ("split", "step", "time")}
+    for record in read_metrics(workdir):
+        if record.get("split") == "eval" and record.get("step") == step:
+            found = {k: v for k, v in record.items() if k not in ("split", "step", "time")}
     return found
 
 
 def run(config, workdir: str):
     """Builds every piece from the config, restores the backbone, trains; returns the run summary."""
     import jax
+    from etils import epath
 
     from jaxlm import sharding, train
     from jaxlm import task_pipeline as tp
     from jaxlm.models.common import matmul_params
     from jaxlm.objectives.finetuning import make_finetuning_loss
+    from jaxlm.paths import absolute
     from jaxlm.train import metrics as mx
     from jaxlm.train.backbone import restore_backbone
 
     sharding.initialize_from_config(config.distributed)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     spec, model_config, model, tokenizer_path, tokenizer = build(config, workdir)
     logging.info("task %s (%s, %s labels); backbone %s", spec.task, spec.format, spec.num_labels, model_config)
@@ -145,7 +148,8 @@ def run(config, workdir: str):
     train_iter = tp.EpochBatches(train_features, config.train.batch_size, tp.device_keys(spec),
                                  seed=config.seed, process_index=process_index, process_count=process_count)
     steps_per_epoch = train_iter.steps_per_epoch
-    num_steps = int(round(config.train.num_epochs * steps_per_epoch))
+    num_steps = (config.train.num_steps if config.train.num_steps > 0
+                 else int(round(config.train.num_epochs * steps_per_epoch)))
     logging.info("%d training examples -> %d rows, %d steps per epoch, %d steps", len(train_examples),
                  len(train_features["inputs"]), steps_per_epoch, num_steps)
 
@@ -185,8 +189,8 @@ def run(config, workdir: str):
         **config.to_dict(), "model": {**config.model.to_dict(), "family": model_config.family},
         "model_config": dataclasses.asdict(model_config), "head": dataclasses.asdict(model.head),
         "task_spec": dataclasses.asdict(spec), "best_metric": best_metric,
-        "tokenizer_file": os.path.abspath(tokenizer_path),
-        "init_checkpoint_resolved": os.path.abspath(config.init_checkpoint) if config.init_checkpoint else None,
+        "tokenizer_file": absolute(tokenizer_path),
+        "init_checkpoint_resolved": absolute(config.init_checkpoint) if config.init_checkpoint else None,
     }
     tokens_per_step = config.train.batch_size * spec.row_len
     if spec.task == "seq2seq" and spec.encoder_decoder:  # each T5 stack over its own length
@@ -200,10 +204,11 @@ def run(config, workdir: str):
     peak = None
     if jax.local_devices()[0].platform == "cpu" and config.train.cpu_peak_flops:
         peak = config.train.cpu_peak_flops / jax.local_device_count()
-    eval_every = steps_per_epoch if config.train.eval_every_epoch else 0
+    period = config.train.eval_every_steps or steps_per_epoch  # evaluation and checkpoint period
+    eval_every = period if config.train.eval_every_epoch or config.train.eval_every_steps else 0
     summary = train.train(
         state=state, train_step=train_step, train_iter=train_iter, num_steps=num_steps, workdir=workdir, mesh=mesh,
-        checkpoint_manager=manager, checkpoint_every=steps_per_epoch, eval_step=evaluator,
+        checkpoint_manager=manager, checkpoint_every=period, eval_step=evaluator,
         eval_iter_fn=evaluator.iter_fn if evaluator else None, eval_every=eval_every,
         log_every=config.train.log_every, flops_per_step=flops_per_token * tokens_per_step,
         tokens_per_step=tokens_per_step, peak_flops_per_device=peak, config=saved_config,

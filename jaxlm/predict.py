@@ -4,12 +4,15 @@ Input: one JSON object per line, by task:
     classification / regression   {"text": "...", "text_b": "..."}   (text_b only for sentence-pair tasks)
     token_classification          {"tokens": ["EU", "rejects", ...]}  or  {"text": "EU rejects ..."} (split on spaces)
     question_answering            {"question": "...", "context": "...", "id": "..."?}
-    seq2seq                       {"source": "A man rides a bike."}  (the run's prompt template is applied)
+    seq2seq                       {"source": "A man rides a bike."}  (the run's prompt template is applied);
+                                  a text-to-text GLUE / SQuAD run reads its task's fields as above
+                                  ({"text", "text_b"} or {"question", "context"})
 Output: each input object with the prediction added: "label" + "probabilities" (classification), "score"
 (regression), "tags" (one per token), "answer", "probability", "start", "end", "nbest" (QA), or "prediction"
 (the generated text, seq2seq).
 From a notebook: `jaxlm.predict.predict(workdir, records)` with a list of such dicts.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +24,13 @@ def _examples(spec, records: list[dict], source: str) -> list:
     """Task examples from input records; a missing field is an error naming source:line."""
     from jaxlm import tasks
 
+    from jaxlm.tasks import text_to_text
+
+    if spec.task == "seq2seq" and spec.format in text_to_text.TEXT_TO_TEXT_FORMATS:  # T5's GLUE / SQuAD
+        task = "question_answering" if spec.format == "squad" else "classification"
+        pair = spec.format != "squad" and tasks.glue_layout(spec.format).text_b_column is not None
+        originals = _examples(dataclasses.replace(spec, task=task, pair=pair), records, source)
+        return text_to_text.to_text_pairs(spec.format, originals)
     out = []
     for number, r in enumerate(records, 1):
         where = f"{source}:{number}"
@@ -46,10 +56,12 @@ def _examples(spec, records: list[dict], source: str) -> list:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file (local or remote, gs://...); blank lines are skipped."""
+    from jaxlm.paths import open_text
     from jaxlm.tasks import BadInputError
 
     records = []
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -80,13 +92,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    from jaxlm.paths import is_remote, open_text
+
     f = flags.FLAGS
     records = read_jsonl(f.input)
     results = predict(f.workdir, records, step=None if f.step < 0 else f.step, batch_size=f.batch_size,
                       source=f.input)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-        with open(f.output, "w", encoding="utf-8") as out:
+        if not is_remote(f.output):  # an object store has no directories to make
+            os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+        with open_text(f.output, "w") as out:
             for r in results:
                 out.write(json.dumps(r, ensure_ascii=False) + "\n")
         print(f"{len(results)} predictions written to {f.output}")

@@ -20,6 +20,7 @@ from jaxlm import sharding as shd
 from jaxlm import tasks
 from jaxlm.objectives.finetuning import (MODEL_INPUT_KEYS, SEQ2SEQ_KEYS, TARGET_KEYS, TASK_LOSSES, apply_model,
                                          make_finetuning_loss)
+from jaxlm.tasks import text_to_text
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ GLUE_TASKS = tuple(tasks.GLUE_LAYOUTS)
 GENERIC_FORMATS = ("tsv", "csv", "jsonl")
 TOKEN_FORMATS = ("conll2003", "conll")
 SEQ2SEQ_FORMATS = ("parallel",) + GENERIC_FORMATS  # parallel: line-aligned FILE.<source_field> + FILE.<target_field>
+# GLUE tasks and SQuAD in T5's text-to-text form (jaxlm.tasks.text_to_text), scored by their own metrics.
+TEXT_TO_TEXT_FORMATS = text_to_text.TEXT_TO_TEXT_FORMATS
 FORMATS = GLUE_TASKS + GENERIC_FORMATS + TOKEN_FORMATS + ("squad", "parallel")
 ENCODER_DECODER_FAMILIES = ("t5", "t5_v1_1")
 TEXT_WRITING_FAMILIES = ENCODER_DECODER_FAMILIES + ("gpt2",)
@@ -157,11 +160,20 @@ def _seq2seq_spec(config, fmt: str, family: str) -> TaskSpec:
     d, g = config.data, config.generation
     if config.task != "seq2seq":
         raise ValueError(f"config.data.format={d.format!r} holds text pairs: set --config.task=seq2seq")
-    if fmt not in SEQ2SEQ_FORMATS:
-        raise ValueError(f"config.task='seq2seq' reads config.data.format in {SEQ2SEQ_FORMATS}, got {d.format!r}")
+    if fmt not in SEQ2SEQ_FORMATS + TEXT_TO_TEXT_FORMATS:
+        raise ValueError(f"config.task='seq2seq' reads config.data.format in {SEQ2SEQ_FORMATS} (text pairs) or "
+                         f"{TEXT_TO_TEXT_FORMATS} (T5's text-to-text GLUE / SQuAD), got {d.format!r}")
     if family not in TEXT_WRITING_FAMILIES:
         raise ValueError(f"config.task='seq2seq' needs a model that writes text ({TEXT_WRITING_FAMILIES}); the "
                          f"checkpoint is a {family!r} model")
+    if d.max_target_len < 2:
+        raise ValueError(f"config.data.max_target_len={d.max_target_len} must be >= 2 (a token and EOS)")
+    common = dict(task="seq2seq", format=fmt, labels=None, pair=False, style=d.style or "bert", max_len=d.max_len,
+                  max_target_len=d.max_target_len, prompt=d.prompt,
+                  encoder_decoder=family in ENCODER_DECODER_FAMILIES, num_beams=g.num_beams,
+                  length_penalty=g.length_penalty)
+    if fmt in TEXT_TO_TEXT_FORMATS:  # the inputs and targets are T5's; the metrics the task's own
+        return TaskSpec(**common, text_metrics=text_to_text.metric_names(fmt))
     for key in ("source_field", "target_field"):
         if not d[key]:
             raise ValueError(f"config.data.{key} is empty: name the source / target (parallel files: the language "
@@ -169,13 +181,8 @@ def _seq2seq_spec(config, fmt: str, family: str) -> TaskSpec:
     unknown = [m for m in d.metrics if m not in tasks.TEXT_METRICS]
     if not d.metrics or unknown:
         raise ValueError(f"config.data.metrics={tuple(d.metrics)!r}: choose one or more of {tasks.TEXT_METRICS}")
-    if d.max_target_len < 2:
-        raise ValueError(f"config.data.max_target_len={d.max_target_len} must be >= 2 (a token and EOS)")
-    return TaskSpec(task="seq2seq", format=fmt, labels=None, pair=False, style=d.style or "bert", max_len=d.max_len,
-                    max_target_len=d.max_target_len, prompt=d.prompt, source_field=d.source_field,
-                    target_field=d.target_field, text_metrics=tuple(d.metrics),
-                    encoder_decoder=family in ENCODER_DECODER_FAMILIES, num_beams=g.num_beams,
-                    length_penalty=g.length_penalty)
+    return TaskSpec(**common, source_field=d.source_field, target_field=d.target_field,
+                    text_metrics=tuple(d.metrics))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,9 +191,11 @@ def _seq2seq_spec(config, fmt: str, family: str) -> TaskSpec:
 def read_examples(spec: TaskSpec, data_config, path: str = "", *, split: str = "", labelled: bool = True,
                   limit: int = 0) -> list:
     """Examples of one split: from `path` (a task file), or from the TFDS dataset config.data.tfds_name[split].
-    Bad lines are errors naming file:line (or skipped and counted with config.data.skip_bad_lines)."""
+    Bad lines are errors naming file:line (or skipped and counted with config.data.skip_bad_lines). A GLUE / SQuAD
+    format with task seq2seq reads the task's examples and returns their text pairs (jaxlm.tasks.text_to_text)."""
     skip = data_config.skip_bad_lines
-    seq2seq = spec.task == "seq2seq"
+    text_to_text_form = spec.task == "seq2seq" and spec.format in TEXT_TO_TEXT_FORMATS
+    seq2seq = spec.task == "seq2seq" and not text_to_text_form
     target = spec.target_field if labelled else None
     if not path:
         if not data_config.tfds_name:
@@ -217,7 +226,8 @@ def read_examples(spec: TaskSpec, data_config, path: str = "", *, split: str = "
                     stats.first_errors[:2])
     if not examples:
         raise ValueError(f"{stats.path}: no examples")
-    return examples[:limit] if limit else examples
+    examples = examples[:limit] if limit else examples
+    return text_to_text.to_text_pairs(spec.format, examples) if text_to_text_form else examples
 
 
 def make_features(spec: TaskSpec, examples: Sequence, tokenizer) -> dict[str, np.ndarray]:
@@ -419,6 +429,8 @@ def predictions(spec: TaskSpec, examples: Sequence, features: dict, outputs: dic
 def task_metrics(spec: TaskSpec, examples: Sequence, features: dict, outputs: dict) -> dict[str, float]:
     """The task's official dev metrics (fractions in [0, 1]; BLEU / ROUGE 0-100) from the model outputs over
     `features`."""
+    if spec.task == "seq2seq" and spec.format in TEXT_TO_TEXT_FORMATS:
+        return text_to_text.scores(spec.format, [e.example for e in examples], outputs["texts"])
     if spec.task == "seq2seq":
         if any(e.target is None for e in examples):
             raise ValueError("task_metrics: the examples have no targets")
@@ -483,48 +495,54 @@ class TaskEvaluator:
 
 def load_tokenizer(path: str, family: str):
     """A sentencepiece .model file or an HF tokenizer directory."""
+    from etils import epath
+
     from jaxlm.convert import load_tokenizer as load_hf_tokenizer
     from jaxlm.data import Tokenizer
 
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():
         tokenizer = load_hf_tokenizer(path, family)
         if tokenizer is None:
             raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json, vocab.txt, vocab.json + "
                                     "merges.txt, spiece.model)")
         return tokenizer
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"tokenizer {path} not found (a sentencepiece .model file or an HF tokenizer dir)")
     return Tokenizer(path)
 
 
 def checkpoint_tokenizer_path(workdir: str, saved: dict | None) -> str:
     """The tokenizer that came with a checkpoint: WORKDIR/tokenizer.model (pretraining and fine-tuning runs),
-    WORKDIR/tokenizer/ (imports), else the file the run's saved config names."""
+    WORKDIR/tokenizer/ (imports), else the file the run's saved config names. Local or remote (gs://...)."""
+    from jaxlm.paths import is_nonempty
+
     candidates = [os.path.join(workdir, "tokenizer.model"), os.path.join(workdir, "tokenizer")]
     saved = saved or {}
     candidates += [p for p in (saved.get("tokenizer_file"), (saved.get("data") or {}).get("tokenizer"))
                    if isinstance(p, str) and p]
     for path in candidates:
-        if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+        if is_nonempty(path):
             return path
     raise FileNotFoundError(f"no tokenizer found with checkpoint {workdir} (tried {candidates}); pass "
                             "--config.tokenizer=<a .model file or an HF tokenizer directory>")
 
 
 def save_tokenizer(tokenizer_path: str, workdir: str) -> str:
-    """Copies the tokenizer into the fine-tuning workdir so the run is self-contained; returns its new path."""
-    import shutil
+    """Copies the tokenizer into the fine-tuning workdir so the run is self-contained; returns its new path.
+    Either may be local or remote (gs://...)."""
+    from etils import epath
 
     from jaxlm.convert.tokenizers import copy_tokenizer_files
+    from jaxlm.paths import absolute
 
-    if os.path.isdir(tokenizer_path):
+    if epath.Path(tokenizer_path).is_dir():
         target = os.path.join(workdir, "tokenizer")
-        if os.path.abspath(tokenizer_path) != os.path.abspath(target):
+        if absolute(tokenizer_path) != absolute(target):
             copy_tokenizer_files(tokenizer_path, target)
         return target
     target = os.path.join(workdir, "tokenizer.model")
-    if os.path.abspath(tokenizer_path) != os.path.abspath(target):
-        shutil.copyfile(tokenizer_path, target)
+    if absolute(tokenizer_path) != absolute(target):
+        epath.Path(target).write_bytes(epath.Path(tokenizer_path).read_bytes())
     return target
 
 
@@ -635,6 +653,9 @@ def load_finetuned(workdir: str, step: int | None = None, mesh_config: dict | No
 
 
 def write_json(path: str, obj) -> None:
+    """Process 0 writes `obj` to `path` (local or remote)."""
+    from jaxlm.paths import open_text
+
     if jax.process_index() == 0:
-        with open(path, "w", encoding="utf-8") as f:
+        with open_text(path, "w") as f:
             json.dump(obj, f, indent=2)

@@ -66,10 +66,13 @@ class QAExample:
 
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqExample:
-    """One text-to-text pair (translation, summarisation, ...). `target` None: unlabelled input (predict)."""
+    """One text-to-text pair (translation, summarisation, ...). `target` None: unlabelled input (predict).
+    `example`: the classification / QA example a text-to-text pair was made from (jaxlm.tasks.text_to_text),
+    which its task's metrics score the generated text against."""
     guid: str  # "file:line" (parallel files: the source file's)
     source: str
     target: str | None = None
+    example: TextExample | QAExample | None = None
 
 
 @dataclasses.dataclass

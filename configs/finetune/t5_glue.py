@@ -1,0 +1,72 @@
+"""T5 fine-tuned on one GLUE task as text to text (`task='seq2seq'` with a GLUE format): the input names the task
+and its fields ('mrpc sentence1: ... sentence2: ...'), the decoder writes the label's word ('equivalent') or the
+STS-B score rounded to 0.2 ('3.8'), and the dev set is scored with GLUE's own metrics on the generated words (a
+word that is no label counts as wrong). The argument after ':' is the task (cola, sst2, mrpc, qqp, stsb, mnli,
+qnli, rte).
+
+    python -m jaxlm.convert from-hf --model_dir t5-small --workdir runs/t5-small   # see t5_wmt_ende.py
+    python -m jaxlm.finetune --config=configs/finetune/t5_glue.py:mrpc \
+        --config.init_checkpoint=runs/t5-small --workdir=runs/t5-small-mrpc
+
+Data: SST-2, MRPC and STS-B read ../shared/data/glue/<TASK>/{train,dev}.tsv; the others the TFDS dataset
+glue/<task> (prepare it with `tfds build glue/<task> --file_format=array_record`). MNLI's dev split is
+validation_matched. Data licences: see configs/finetune/roberta_glue.py.
+
+Hyperparameters: Raffel et al. 2020, section 3.1.2: Adafactor at a constant 0.001, 0% warmup, weight decay 0, no
+gradient clipping, batch 128, 2^18 = 262,144 steps per task with the dev score and a checkpoint every 5,000 steps
+(the best one is kept); greedy decoding. Inputs up to 512 tokens (the paper's length; GLUE sentences need far
+fewer: --config.data.max_len=128 is 4x cheaper), targets up to 8 tokens (the longest label word).
+Reproduces: T5 paper table 14, GLUE test average 77.4 (T5-Small) / 82.7 (T5-Base); the per-task test scores are
+in the same table. The paper's GLUE models were fine-tuned from the multi-task pre-trained checkpoint that the
+released t5-small / t5-base are, as here.
+"""
+import os
+
+from jaxlm.config_defaults import finetune_config
+
+DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
+
+# task -> the dev metric that keeps the best checkpoint, the local GLUE folder (else TFDS glue/<task>), its dev split.
+TASKS = {
+    "cola": dict(metric="matthews_corrcoef", glue_dir=None, eval_split="validation"),
+    "sst2": dict(metric="accuracy", glue_dir="SST-2", eval_split="validation"),
+    "mrpc": dict(metric="f1", glue_dir="MRPC", eval_split="validation"),
+    "qqp": dict(metric="f1", glue_dir=None, eval_split="validation"),
+    "stsb": dict(metric="pearson", glue_dir="STS-B", eval_split="validation"),
+    "mnli": dict(metric="accuracy", glue_dir=None, eval_split="validation_matched"),
+    "qnli": dict(metric="accuracy", glue_dir=None, eval_split="validation"),
+    "rte": dict(metric="accuracy", glue_dir=None, eval_split="validation"),
+}
+GLUE_AVERAGE = {"small": 77.4, "base": 82.7}  # table 14, GLUE test average
+
+
+def get_config(task: str = "mrpc"):
+    key = task.lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise ValueError(f"configs/finetune/t5_glue.py:{task}: the argument after ':' is the GLUE task, one of "
+                         f"{', '.join(TASKS)}")
+    t = TASKS[key]
+    c = finetune_config()
+    c.task = "seq2seq"
+    c.model.family, c.model.size = "t5", "small"  # only without init_checkpoint
+    c.data.format = key
+    if t["glue_dir"]:
+        c.data.train_file = os.path.join(DATA, "glue", t["glue_dir"], "train.tsv")
+        c.data.eval_file = os.path.join(DATA, "glue", t["glue_dir"], "dev.tsv")
+    else:
+        c.data.tfds_name = f"glue/{key}"
+        c.data.eval_split = t["eval_split"]
+    c.data.max_len = 512
+    c.data.max_target_len = 8
+    c.generation.num_beams = 1
+    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
+                       weight_decay=0.0, max_grad_norm=0.0)
+    with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
+        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
+                           adafactor_multiply_by_parameter_scale=True)
+    c.train.batch_size = 128
+    c.train.eval_batch_size = 128
+    c.train.num_steps = 2 ** 18
+    c.train.eval_every_steps = 5000
+    c.train.best_metric = t["metric"]
+    return c
