@@ -23,12 +23,17 @@ def absolute(path: str | os.PathLike) -> str:
     return os.fspath(path) if is_remote(path) else os.path.abspath(path)
 
 
-def open_text(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8") -> TextIO:
-    """open(path, mode, encoding=encoding) for 'r' or 'w', local or remote. epath's own text mode ignores
-    `encoding` (the remote backend decodes with the locale's, 'utf-8-sig' would keep a BOM)."""
+def open_text(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8", newline: str | None = None) -> TextIO:
+    """open(path, mode, encoding=encoding, newline=newline) for 'r' or 'w', local or remote. epath's own text
+    mode ignores `encoding` (the remote backend decodes with the locale's, 'utf-8-sig' would keep a BOM)."""
     if mode not in ("r", "w"):
         raise ValueError(f"open_text: mode {mode!r} is not 'r' or 'w'")
-    return io.TextIOWrapper(epath.Path(path).open(mode + "b"), encoding=encoding)
+    return io.TextIOWrapper(epath.Path(path).open(mode + "b"), encoding=encoding, newline=newline)
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """os.path.isfile, local or remote ('' is no file; epath reads it as '.')."""
+    return bool(os.fspath(path)) and epath.Path(path).is_file()
 
 
 def is_nonempty(path: str | os.PathLike) -> bool:

@@ -311,3 +311,28 @@ def test_json_and_jsonl_files_in_the_bucket(bucket, monkeypatch, capsys):
     put("gs://bucket/prompts.txt", "The quick brown fox\n")  # read: the run goes on to the (absent) checkpoint
     assert generate.main(["--checkpoint", ROOT, "--prompts_file", "gs://bucket/prompts.txt"]) == 1
     assert f"{ROOT}/checkpoints not found" in capsys.readouterr().err
+
+
+def test_task_files_in_the_bucket_are_read_like_local_files(bucket):
+    """Fine-tuning data files on gs://: the readers (GLUE TSV with a BOM, CSV with a quoted newline, parallel
+    text, SQuAD JSON) read them as they read local files, and errors still name gs://...:line."""
+    from jaxlm import tasks
+
+    tsv = put("gs://b/glue/dev.tsv", "\ufeffsentence\tlabel\na fine film \t1\nawful\t0\n")
+    examples, _ = tasks.read_glue(tsv, "sst2")
+    assert [(e.text_a, e.label, e.guid) for e in examples] == [("a fine film", 1, f"{tsv}:2"), ("awful", 0, f"{tsv}:3")]
+    csv_path = put("gs://b/spam.csv", 'text,label\n"two\nlines",spam\nhi,ham\n')
+    layout = tasks.TextLayout("text", "label", labels=("ham", "spam"))
+    examples, _ = tasks.read_text_classification(csv_path, layout)
+    assert [(e.text_a, e.label) for e in examples] == [("two\nlines", 1), ("hi", 0)]
+    put("gs://b/m30k/val.en", "A dog runs.\nTwo men.\n")
+    put("gs://b/m30k/val.de", "Ein Hund rennt.\n")
+    with pytest.raises(tasks.BadInputError, match=r"gs://b/m30k/val.en has 2 lines but gs://b/m30k/val.de has 1"):
+        tasks.read_parallel(*tasks.parallel_paths("gs://b/m30k/val", "en", "de"))
+    squad = put("gs://b/squad.json", json.dumps({"data": [{"title": "T", "paragraphs": [{
+        "context": "Denver won.", "qas": [{"id": "q1", "question": "Who?",
+                                           "answers": [{"text": "Denver", "answer_start": 0}]}]}]}]}))
+    [qa], _ = tasks.read_squad(squad)
+    assert (qa.id, qa.answers[0].text) == ("q1", "Denver")
+    with pytest.raises(FileNotFoundError, match="gs://b/missing.tsv"):
+        tasks.read_glue("gs://b/missing.tsv", "sst2")

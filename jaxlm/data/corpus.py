@@ -36,6 +36,8 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
 
+from jaxlm.paths import is_file, open_text
+
 TEXT_KEY = "text"
 STATS_FILE = "jaxlm_stats.json"
 PYDOC_NAME = "jaxlm_pydoc"
@@ -322,11 +324,11 @@ def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir) -> Prepared
         finally:
             tfds.display_progress_bar(was_active)
         stats = builder.jaxlm_stats
-        with open(os.path.join(os.fspath(builder.data_dir), STATS_FILE), "w") as f:
+        with open_text(os.path.join(os.fspath(builder.data_dir), STATS_FILE), "w") as f:  # gs:// data_dirs too
             json.dump(stats.as_dict(), f, indent=1)
         stats.log(f"prepared {name} in {builder.data_dir}")
-    elif os.path.exists(stats_path):
-        with open(stats_path) as f:
+    elif is_file(stats_path):
+        with open_text(stats_path) as f:
             stats = DataStats(**json.load(f))
     else:
         stats = None

@@ -19,6 +19,8 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 
+from jaxlm.paths import is_file, open_text
+
 MAX_KEPT_ERRORS = 5
 DOCSTART = "-DOCSTART-"
 CONLL2003_BIO_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
@@ -165,7 +167,7 @@ def _format_of(path: str, layout_format: str | None) -> str:
 
 def _records(path: str, fmt: str) -> Iterator[tuple[int, list[str] | dict]]:
     """(1-based line number where the record starts, fields) for each non-empty record."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_text(path, encoding="utf-8-sig", newline="") as f:
         if fmt == "csv":
             reader = csv.reader(f)
             start = 1
@@ -212,7 +214,7 @@ def read_text_classification(path: str | os.PathLike, layout: TextLayout, *,
     Texts are stripped of surrounding whitespace. Label values are matched as strings against layout.labels.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"task data file not found: {path}")
     if not layout.regression and layout.label_column is not None and not layout.labels:
         raise ValueError(f"{path}: a classification layout needs its label list (layout.labels)")
@@ -311,11 +313,11 @@ def read_parallel(source_path: str | os.PathLike, target_path: str | os.PathLike
     source_path = os.fspath(source_path)
     paths = [source_path] + ([os.fspath(target_path)] if target_path else [])
     for path in paths:
-        if not os.path.isfile(path):
+        if not is_file(path):
             raise FileNotFoundError(f"task data file not found: {path}")
     columns = []
     for path in paths:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_text(path, encoding="utf-8-sig", newline="") as f:
             columns.append([line.rstrip("\r\n") for line in f])
         while columns[-1] and not columns[-1][-1].strip():  # trailing blank lines
             columns[-1].pop()
@@ -377,7 +379,7 @@ def read_conll(path: str | os.PathLike, *, tag_column: int = -1, scheme: str = "
     path = os.fspath(path)
     if scheme not in ("iob1", "bio"):
         raise ValueError(f"read_conll: scheme={scheme!r}; choose 'iob1' or 'bio'")
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"task data file not found: {path}")
     stats = ReadStats(path)
     errors = _Errors(stats, skip_bad_lines)
@@ -404,7 +406,7 @@ def read_conll(path: str | os.PathLike, *, tag_column: int = -1, scheme: str = "
                                          None if out_tags is None else tuple(out_tags), document))
         words, tags, bad = [], [], False
 
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -446,9 +448,9 @@ def read_squad(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> tupl
     """SQuAD v1.1 JSON -> one QAExample per question. Each answer must be found at its answer_start in the
     context (checked; the message names data[i].paragraphs[j].qas[k] and the question id)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise FileNotFoundError(f"task data file not found: {path}")
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path, encoding="utf-8-sig") as f:
         try:
             dataset = json.load(f)
         except json.JSONDecodeError as e:
