@@ -173,7 +173,7 @@ def test_cached_decoding_equals_full_recomputation():
     np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
     assert int(mutated["cache"]["decode_positions"]["index"]) == 8
     cross = mutated["cache"]["decoder"]["layers"]["cross_attention"]
-    assert cross["cross_key"].shape == (3, 2, 12, 4, 8)  # [decoder layers, B, S, H, K]
+    assert cross["cross_key"].shape == (3, 2, 4, 12, 8)  # [decoder layers, B, H, S, K]: heads-major
 
 
 def test_missing_encoder_outputs_are_named_errors():

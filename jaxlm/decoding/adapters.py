@@ -48,9 +48,9 @@ class DecoderAdapter(Protocol):
 
 
 def take_cache_rows(cache: Cache, indices_N) -> Cache:
-    """Gathers batch rows of every key/value-like cache leaf. Leaves are [B,...,H,K]-shaped 4-D arrays
-    ([layers,B,...] 5-D when layers are scanned), so the batch axis is ndim-4; scalar/1-D counters
-    (cache_index) are shared by all rows and left alone."""
+    """Gathers batch rows of every key/value-like cache leaf. Leaves are 4-D arrays with batch first
+    (self-attention [B,H,S,K], cross-attention [B,S,H,K]; [layers,B,...] 5-D when layers are scanned), so the
+    batch axis is ndim-4; scalar/1-D counters (cache_index) are shared by all rows and left alone."""
     def take(x):
         if x.ndim < 4:
             return x

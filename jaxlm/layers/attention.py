@@ -4,10 +4,17 @@ The bias hook (`bias`, broadcastable to [batch, heads, q_len, kv_len]) is where 
 and XLNet's relative encodings come in; masks come from `jaxlm.layers.masks`.
 
 Decode mode (`decode=True`, the 'cache' collection):
-- self-attention keeps a KV cache of max_decode_length positions (`_update_cache`);
+- self-attention keeps a KV cache of max_decode_length positions (`_update_cache`), stored heads-major:
+  `cached_key` / `cached_value` are [B, H, S, K] (batch, heads, cache slots, head dim), and the einsums read
+  them as "bhkd". The einsums batch over (b, h), so a [B, S, H, K] cache made XLA CPU copy every layer's whole
+  K and V into [B, H, S, K] on every step: about 40% of a batch-16 GPT-2 small step (benchmarks/RESULTS.md).
+  Only the call's new keys/values ([B, T, H, K], T = 1 per generated token) are transposed now. Batch stays
+  the leading axis (second after the layers axis when layers are scanned), so beam search reorders rows as
+  before. Outside decode mode nothing changes: keys/values stay [B, K, H, K] ("bkhd");
 - cross-attention (`cross_attention=True`) keeps the encoder's projected keys/values: a call that passes
   `inputs_kv` (the encoder outputs) computes and stores them, a call with `inputs_kv=None` reads them back, so
-  an encoder-decoder projects its encoder outputs once per sequence, not once per generated token.
+  an encoder-decoder projects its encoder outputs once per sequence, not once per generated token. They are
+  stored heads-major too, [B, H, S, K] (`cross_key` / `cross_value`): 1.2-1.4x T5-small decoding at batch 16.
 """
 from typing import Any
 
@@ -76,33 +83,35 @@ class MultiHeadAttention(nn.Module):
                                    init_stddev=stddev, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
 
         query_std = self.query_init_stddev if self.query_init_stddev is not None else self.init_stddev
-        q_BxQxHxK = project("query", inputs_q_BxQxD, query_std)
+        heads_axes = ("activation_batch", "activation_length", "activation_heads", "kv")
+        q_BxQxHxK = nn.with_logical_constraint(project("query", inputs_q_BxQxD, query_std), heads_axes)
+        # k / v as the einsums read them: subscripts kv = "bkhd" ([B,K,H,K], as projected) or "bhkd" ([B,H,S,K],
+        # the heads-major caches)
         if self.cross_attention and decode:
-            k_BxKxHxK, v_BxKxHxK = self._cached_cross_kv(project, inputs_kv_BxKxD)
+            k_BxHxSxK, v_BxHxSxK = self._cached_cross_kv(project, inputs_kv_BxKxD)
+            kv, k, v = "bhkd", k_BxHxSxK, v_BxHxSxK
         else:
             if inputs_kv_BxKxD is None and self.cross_attention:
                 raise ValueError(f"{self.name}: cross-attention needs inputs_kv (the encoder outputs) outside "
                                  "decode mode")
             inputs_kv_BxKxD = inputs_q_BxQxD if self_attention else inputs_kv_BxKxD
-            k_BxKxHxK = project("key", inputs_kv_BxKxD)
-            v_BxKxHxK = project("value", inputs_kv_BxKxD)
-        heads_axes = ("activation_batch", "activation_length", "activation_heads", "kv")
-        q_BxQxHxK = nn.with_logical_constraint(q_BxQxHxK, heads_axes)
-        k_BxKxHxK = nn.with_logical_constraint(k_BxKxHxK, heads_axes)
-        v_BxKxHxK = nn.with_logical_constraint(v_BxKxHxK, heads_axes)
-
-        if decode and self_attention:
-            k_BxKxHxK, v_BxKxHxK, mask = self._update_cache(k_BxKxHxK, v_BxKxHxK, mask)
+            k_BxKxHxK = nn.with_logical_constraint(project("key", inputs_kv_BxKxD), heads_axes)
+            v_BxKxHxK = nn.with_logical_constraint(project("value", inputs_kv_BxKxD), heads_axes)
+            kv, k, v = "bkhd", k_BxKxHxK, v_BxKxHxK
+            if decode and self_attention:
+                k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(k_BxKxHxK, v_BxKxHxK, mask)
+                kv, k, v = "bhkd", k_BxHxSxK, v_BxHxSxK
 
         if self.scale_logits:
             q_BxQxHxK = q_BxQxHxK / jnp.sqrt(self.head_dim).astype(self.dtype)
         use_dropout = self.dropout_rate > 0.0 and not deterministic
         if self.attention_impl == "dot_product" and not use_dropout:
+            if kv == "bhkd":  # it takes [B,S,H,K]; on CPU XLA folds this swap into its dots (as fast as 'xla')
+                k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
             out_BxQxHxK = jax.nn.dot_product_attention(
-                q_BxQxHxK, k_BxKxHxK, v_BxKxHxK,
-                bias=None if bias is None else bias.astype(self.dtype), mask=mask, scale=1.0)
+                q_BxQxHxK, k, v, bias=None if bias is None else bias.astype(self.dtype), mask=mask, scale=1.0)
         elif self.attention_impl in ("xla", "dot_product"):
-            logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxK, k_BxKxHxK).astype(jnp.float32)
+            logits_BxHxQxK = jnp.einsum(f"bqhd,{kv}->bhqk", q_BxQxHxK, k).astype(jnp.float32)
             if bias is not None:
                 logits_BxHxQxK = logits_BxHxQxK + bias.astype(jnp.float32)
             if mask is not None:
@@ -110,7 +119,7 @@ class MultiHeadAttention(nn.Module):
             weights = jax.nn.softmax(logits_BxHxQxK, axis=-1).astype(self.dtype)
             if use_dropout:
                 weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-            out_BxQxHxK = jnp.einsum("bhqk,bkhd->bqhd", weights, v_BxKxHxK)
+            out_BxQxHxK = jnp.einsum(f"bhqk,{kv}->bqhd", weights, v)
         else:
             raise ValueError(f"attention_impl must be 'xla' or 'dot_product', got {self.attention_impl!r}")
 
@@ -120,14 +129,16 @@ class MultiHeadAttention(nn.Module):
                                name="out")(out_BxQxHxK)
 
     def _cached_cross_kv(self, project, inputs_kv_BxSxD):
-        """Decode-mode cross-attention keys/values: projected and stored when the encoder outputs are given,
-        read from the cache when they are None (every later step)."""
+        """Decode-mode cross-attention keys/values [B,H,S,K] (heads-major, as the self-attention cache):
+        projected and stored when the encoder outputs are given, read from the cache when they are None (every
+        later step)."""
         if inputs_kv_BxSxD is not None:
-            k_BxSxHxK, v_BxSxHxK = project("key", inputs_kv_BxSxD), project("value", inputs_kv_BxSxD)
-            cached_key = self.variable("cache", "cross_key", jnp.zeros, k_BxSxHxK.shape, k_BxSxHxK.dtype)
-            cached_value = self.variable("cache", "cross_value", jnp.zeros, v_BxSxHxK.shape, v_BxSxHxK.dtype)
-            cached_key.value, cached_value.value = k_BxSxHxK, v_BxSxHxK
-            return k_BxSxHxK, v_BxSxHxK
+            k_BxHxSxK = jnp.swapaxes(project("key", inputs_kv_BxSxD), 1, 2)
+            v_BxHxSxK = jnp.swapaxes(project("value", inputs_kv_BxSxD), 1, 2)
+            cached_key = self.variable("cache", "cross_key", jnp.zeros, k_BxHxSxK.shape, k_BxHxSxK.dtype)
+            cached_value = self.variable("cache", "cross_value", jnp.zeros, v_BxHxSxK.shape, v_BxHxSxK.dtype)
+            cached_key.value, cached_value.value = k_BxHxSxK, v_BxHxSxK
+            return k_BxHxSxK, v_BxHxSxK
         if not self.has_variable("cache", "cross_key"):
             raise ValueError(f"{self.name}: decode mode with inputs_kv=None reads cached cross-attention keys/values,"
                              " but the cache has none; pass the encoder outputs on the first decoder call (and to "
@@ -135,27 +146,29 @@ class MultiHeadAttention(nn.Module):
         return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
     def _update_cache(self, k_BxTxHxK, v_BxTxHxK, mask):
-        """Writes this call's keys/values at `cache_index` and attends over the whole cache.
+        """Writes this call's keys/values at `cache_index` and attends over the whole cache: returns the cache's
+        keys and values [B,H,S,K] (heads-major, see the module docstring) and the mask with causality added.
 
         The first call (during `init`) only allocates the cache, sized by the inputs given to init
         (batch, max_decode_length). Later calls may feed one token or a whole prompt (prefill).
         """
+        k_BxHxTxK, v_BxHxTxK = jnp.swapaxes(k_BxTxHxK, 1, 2), jnp.swapaxes(v_BxTxHxK, 1, 2)
         initialised = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BxHxTxK.shape, k_BxHxTxK.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BxHxTxK.shape, v_BxHxTxK.dtype)
         cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not initialised:
-            return k_BxTxHxK, v_BxTxHxK, mask
-        steps = k_BxTxHxK.shape[1]
-        max_length = cached_key.value.shape[1]
+            return k_BxHxTxK, v_BxHxTxK, mask
+        steps = k_BxHxTxK.shape[2]
+        max_length = cached_key.value.shape[2]
         index = cache_index.value
-        keys = jax.lax.dynamic_update_slice(cached_key.value, k_BxTxHxK.astype(cached_key.value.dtype),
-                                            (0, index, 0, 0))
-        values = jax.lax.dynamic_update_slice(cached_value.value, v_BxTxHxK.astype(cached_value.value.dtype),
-                                              (0, index, 0, 0))
-        cached_key.value, cached_value.value = keys, values
+        k_BxHxSxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHxTxK.astype(cached_key.value.dtype),
+                                                 (0, 0, index, 0))
+        v_BxHxSxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHxTxK.astype(cached_value.value.dtype),
+                                                 (0, 0, index, 0))
+        cached_key.value, cached_value.value = k_BxHxSxK, v_BxHxSxK
         cache_index.value = index + steps
         q_pos = index + jnp.arange(steps)[:, None]
         causal = (jnp.arange(max_length)[None, :] <= q_pos)[None, None]
         mask = causal if mask is None else (mask & causal)
-        return keys, values, mask
+        return k_BxHxSxK, v_BxHxSxK, mask

@@ -33,9 +33,10 @@ Decode mode (fast generation; `decode=True`, variables in the 'cache' collection
      (`config.eos_token_id` is set from it by jaxlm.pretrain; imported checkpoints carry their own).
    - `model.apply(..., encoder_inputs, tokens, decode=True, mutable=['cache'])` (`__call__`) does steps 2 and the
      first call of 3 in one go.
-   Cache leaves: self-attention `cached_key`/`cached_value` [B,T,H,K] and `cache_index` [], cross-attention
-   `cross_key`/`cross_value` [B,S,H,K], `decode_positions/index` [] and `decode_positions/slots` [T] (only its
-   shape is read). Every leaf may start as zeros (e.g. from jax.eval_shape).
+   Cache leaves (heads-major, see jaxlm.layers.attention): self-attention `cached_key`/`cached_value` [B,H,T,K]
+   and `cache_index` [], cross-attention `cross_key`/`cross_value` [B,H,S,K], `decode_positions/index` [] and
+   `decode_positions/slots` [T] (only its shape is read). Every leaf may start as zeros (e.g. from
+   jax.eval_shape).
    With `scan_layers=True` the per-layer leaves gain a leading layers axis: [L,B,...] (index leaves [L]). To
    reorder or expand beams, index the batch axis of the [B,...] / [L,B,...] leaves only.
 """
