@@ -186,6 +186,20 @@ def finetune_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_t5_finetuning_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """T5's fine-tuning recipe (Raffel et al. 2020, section 3.1.2) on a finetune_config(): Adafactor as in its
+    pretraining (decay 0.8, update clipping 1.0, parameter scaling) at a constant 0.001 with no warmup, weight
+    decay or gradient clipping, batch 128. Shared by the configs/finetune/t5_*.py recipes and multi30k.py."""
+    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
+                       weight_decay=0.0, max_grad_norm=0.0)
+    with c.optimizer.unlocked():
+        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
+                           adafactor_multiply_by_parameter_scale=True)
+    c.train.batch_size = 128
+    c.train.eval_batch_size = 128
+    return c
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Imports a config file (optionally `file.py:arg`, big_vision style) and calls its get_config()."""
     path, _, arg = path.partition(":")

@@ -35,7 +35,7 @@ test_2016_flickr; tests/test_seq2seq.py's tiny models trained from scratch for t
 """
 import os
 
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
 
 MULTI30K = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
                                          "data", "multi30k"))
@@ -58,12 +58,7 @@ def get_config(family: str = "t5"):
     c.data.metrics = ("bleu",)
     if family == "t5":
         c.data.prompt = "translate English to German: {source}"
-        c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                           weight_decay=0.0, max_grad_norm=0.0)
-        with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
-            c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                               adafactor_multiply_by_parameter_scale=True)
-        c.train.batch_size = 128
+        use_t5_finetuning_recipe(c)
         c.train.num_epochs = 20.0
     else:
         c.optimizer.update(name="adamw", learning_rate=1e-4, warmup_ratio=0.1, weight_decay=0.01)

@@ -20,7 +20,7 @@ length penalty 0.6 (section 3.7). Sequences: 512 article tokens (the paper's inp
 Reproduces: T5 paper table 14, CNN/DM test ROUGE-1 / ROUGE-2 / ROUGE-L: T5-Small 41.12 / 19.56 / 38.35, T5-Base
 42.05 / 20.34 / 39.40 (rouge-score with stemming; the paper's ROUGE-L is the summary-level rougeLsum).
 """
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
 
 SIZES = {"small": (41.12, 19.56, 38.35), "base": (42.05, 20.34, 39.40)}  # the paper's test ROUGE-1 / 2 / L
 TRAIN_ARTICLES = 287_113
@@ -45,12 +45,6 @@ def get_config(size: str = "small"):
     c.train.best_metric = "rouge2"
     c.generation.num_beams = 4
     c.generation.length_penalty = 0.6
-    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=0.0)
-    with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True)
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 128
+    use_t5_finetuning_recipe(c)
     c.train.num_epochs = 2 ** 18 * 128 / TRAIN_ARTICLES
     return c

@@ -22,7 +22,7 @@ released t5-small / t5-base are, as here.
 """
 import os
 
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
@@ -59,13 +59,7 @@ def get_config(task: str = "mrpc"):
     c.data.max_len = 512
     c.data.max_target_len = 8
     c.generation.num_beams = 1
-    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=0.0)
-    with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True)
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 128
+    use_t5_finetuning_recipe(c)
     c.train.num_steps = 2 ** 18
     c.train.eval_every_steps = 5000
     c.train.best_metric = t["metric"]

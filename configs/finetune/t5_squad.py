@@ -18,7 +18,7 @@ Reproduces: T5 paper table 14, SQuAD v1.1 dev EM / F1: 79.10 / 87.24 (T5-Small),
 """
 import os
 
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 REPORTED = {"small": (79.10, 87.24), "base": (85.44, 92.08)}  # table 14: dev EM, F1
@@ -33,13 +33,7 @@ def get_config():
     c.data.eval_file = os.path.join(DATA, "squad", "dev-v1.1.json")
     c.data.max_len = 512
     c.data.max_target_len = 32
-    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=0.0)
-    with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True)
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 128
+    use_t5_finetuning_recipe(c)
     c.train.num_steps = 2 ** 18
     c.train.eval_every_steps = 5000
     c.train.best_metric = "f1"

@@ -22,7 +22,7 @@ Reproduces: T5 paper table 14, WMT English-German BLEU (newstest2014, sacrebleu)
 jaxlm's BLEU is sacrebleu's default 13a tokenisation; the paper used SacreBLEU 1.3.0 with 'intl' tokenisation and
 exp smoothing, which can differ by a few tenths.
 """
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
 
 SIZES = {"small": 26.7, "base": 30.9}  # size -> the paper's newstest2014 BLEU
 TRAIN_PAIRS = 4_508_785
@@ -45,12 +45,6 @@ def get_config(size: str = "small"):
     c.data.metrics = ("bleu",)
     c.generation.num_beams = 4
     c.generation.length_penalty = 0.6
-    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=0.0)
-    with c.optimizer.unlocked():  # T5's Adafactor (configs/pretrain/t5_small.py)
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True)
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 128
+    use_t5_finetuning_recipe(c)
     c.train.num_epochs = 2 ** 18 * 128 / TRAIN_PAIRS
     return c
