@@ -2,7 +2,8 @@
 
 Reads the run's best dev checkpoint (or --step), its tokenizer and task settings, scores FILE (default: the
 run's dev file; for a run on TFDS data, --split names another split of its dataset, e.g. test) with the task's
-metrics, prints them and writes RUN/eval_<split>.json (split = FILE's name without extension, e.g. eval_dev.json). From a notebook: `jaxlm.evaluate.evaluate(workdir, split_file)`.
+metrics, prints them and writes RUN/eval_<split>.json (split = FILE's name without extension, e.g.
+eval_dev.json). From a notebook: `jaxlm.evaluate.evaluate(workdir, split_file)`.
 """
 import json
 import os

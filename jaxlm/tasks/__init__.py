@@ -63,12 +63,12 @@ from jaxlm.tasks.readers import (
 
 __all__ = [
     "CONLL2003_BIO_LABELS", "GLUE_LAYOUTS", "GLUE_METRICS", "MODEL_INPUT_KEYS", "STYLES", "TEXT_METRICS", "Answer",
-    "BadInputError", "QAExample", "ReadStats", "Seq2SeqExample", "SequenceLayout", "TextExample", "TextLayout", "TokenExample",
-    "accuracy", "average_ranks", "bleu", "classification_features", "compute_metrics", "conll_entity_scores",
-    "encode_with_offsets", "f1_binary", "glue_layout", "iob1_to_bio", "iterate_batches", "macro_f1",
-    "matthews_corrcoef", "ner_word_predictions", "normalize_answer", "num_batches", "num_rows", "parallel_paths", "pearson",
-    "qa_features", "read_conll", "read_glue", "read_parallel", "read_seq2seq", "read_squad",
-    "read_text_classification", "rouge", "seq2seq_features", "sequence_layout", "spearman", "squad_exact_match",
-    "squad_f1", "squad_nbest", "squad_predictions", "squad_scores", "text_metrics", "tfds_examples",
-    "tfds_label_names", "token_classification_features", "truncate_longest_first",
+    "BadInputError", "QAExample", "ReadStats", "Seq2SeqExample", "SequenceLayout", "TextExample", "TextLayout",
+    "TokenExample", "accuracy", "average_ranks", "bleu", "classification_features", "compute_metrics",
+    "conll_entity_scores", "encode_with_offsets", "f1_binary", "glue_layout", "iob1_to_bio", "iterate_batches",
+    "macro_f1", "matthews_corrcoef", "ner_word_predictions", "normalize_answer", "num_batches", "num_rows",
+    "parallel_paths", "pearson", "qa_features", "read_conll", "read_glue", "read_parallel", "read_seq2seq",
+    "read_squad", "read_text_classification", "rouge", "seq2seq_features", "sequence_layout", "spearman",
+    "squad_exact_match", "squad_f1", "squad_nbest", "squad_predictions", "squad_scores", "text_metrics",
+    "tfds_examples", "tfds_label_names", "token_classification_features", "truncate_longest_first",
 ]
