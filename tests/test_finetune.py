@@ -366,9 +366,9 @@ def _task_texts():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A tiny BERT (tests/configs/tiny.py:bert) pretrained with MLM + NSP for 300 steps on the embedded corpus.
+    """A tiny BERT (tests/configs/tiny.py:bert) pretrained with MLM + NSP for 100 steps on the embedded corpus.
 
-    (300 steps at this size stay on the MLM unigram plateau: the backbone is nearly untrained, so the dev
+    (100 steps at this size stay on the MLM unigram plateau: the backbone is nearly untrained, so the dev
     numbers below measure the fine-tuning pipeline, not the pretraining.)"""
     if not os.path.isdir(DATA):
         pytest.skip(f"shared task data not found at {DATA}")
@@ -383,8 +383,8 @@ def pretrained(tmp_path_factory):
     with config.unlocked():
         config.data.data_dir = data_dir
         config.data.tokenizer = prefix + ".model"
-        config.train.num_steps = 300
-        config.train.checkpoint_every = 300
+        config.train.num_steps = 100
+        config.train.checkpoint_every = 100
         config.train.log_every = 100
     workdir = str(tmp_path_factory.mktemp("pretrain"))
     pretrain.run(config, workdir)
