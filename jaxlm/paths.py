@@ -23,6 +23,12 @@ def absolute(path: str | os.PathLike) -> str:
     return os.fspath(path) if is_remote(path) else os.path.abspath(path)
 
 
+def resolved(path: str | os.PathLike) -> epath.Path:
+    """epath.Path(path), absolute when local: Orbax's tensorstore refuses relative checkpoint paths ('Checkpoint
+    path should be absolute'), so `--workdir=runs/x` must become /cwd/runs/x before a checkpoint is touched."""
+    return epath.Path(absolute(path))
+
+
 def open_text(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8", newline: str | None = None) -> TextIO:
     """open(path, mode, encoding=encoding, newline=newline) for 'r' or 'w', local or remote. epath's own text
     mode ignores `encoding` (the remote backend decodes with the locale's, 'utf-8-sig' would keep a BOM)."""

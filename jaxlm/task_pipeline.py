@@ -613,15 +613,15 @@ class FinetunedRun:
 def best_step(workdir: str, metric: str) -> int | None:
     """The step whose saved dev metrics are best (None if no checkpoint carries `metric`)."""
     import orbax.checkpoint as ocp
-    from etils import epath
 
+    from jaxlm.paths import resolved
     from jaxlm.train.checkpoint import CHECKPOINT_DIR
 
     mode = "min" if metric in LOWER_IS_BETTER else "max"
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=lambda m: float(m[metric]),
                                            best_mode=mode)
     try:
-        with ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options) as manager:
+        with ocp.CheckpointManager(resolved(workdir) / CHECKPOINT_DIR, options=options) as manager:
             return manager.best_step()
     except (KeyError, TypeError):
         return None

@@ -319,6 +319,18 @@ def test_keep_last_k_and_best_by_metric(tmp_path):
     manager.close()
 
 
+def test_a_relative_workdir_saves_and_reads_back(tmp_path, monkeypatch):
+    """`--workdir=runs/x` (make demo's): Orbax refuses relative paths, so the workdir is made absolute."""
+    monkeypatch.chdir(tmp_path)
+    manager = ckpt.make_checkpoint_manager("runs/x")
+    ckpt.save_checkpoint(manager, 2, _small_state(2), config={"model": "tiny"})
+    manager.wait_until_finished()
+    manager.close()
+    assert os.path.isdir(tmp_path / "runs" / "x" / "checkpoints" / "2")
+    assert ckpt.read_config("runs/x") == {"model": "tiny"}
+    assert float(ckpt.read_state("runs/x")["w"][0, 0]) == 2.0
+
+
 def test_partially_written_checkpoints_are_ignored(tmp_path):
     manager = ckpt.make_checkpoint_manager(str(tmp_path))
     ckpt.save_checkpoint(manager, 3, _small_state(3), data_iter=BatchIterator())

@@ -327,10 +327,10 @@ def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, d
     import orbax.checkpoint as ocp
     from etils import epath
 
-    from jaxlm.paths import open_text
+    from jaxlm.paths import open_text, resolved
     from jaxlm.train.checkpoint import CHECKPOINT_DIR
 
-    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    directory = resolved(workdir) / CHECKPOINT_DIR
     if not directory.exists():
         raise FileNotFoundError(f"{directory} not found: --workdir must hold a jaxlm run or import")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as pp
 
+from jaxlm.paths import resolved
 from jaxlm.train.state import StateLayout
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def make_checkpoint_manager(workdir: str, *, max_to_keep: int | None = 3, async_
         enable_async_checkpointing=async_save, best_fn=best_fn, best_mode=best_mode,
         preservation_policy=pp.AnyPreservationPolicy(policies), cleanup_tmp_directories=True,
         create=True)
-    return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options)
+    return ocp.CheckpointManager(resolved(workdir) / CHECKPOINT_DIR, options=options)
 
 
 def jsonable(config: Any) -> Any:
@@ -194,7 +195,7 @@ def restore_latest(workdir_or_manager: str | ocp.CheckpointManager, target: Any,
     """Latest complete checkpoint in workdir (or manager) restored onto `target`'s shardings."""
     if isinstance(workdir_or_manager, ocp.CheckpointManager):
         return restore_checkpoint(workdir_or_manager, target, data_iter=data_iter)
-    directory = epath.Path(workdir_or_manager) / CHECKPOINT_DIR
+    directory = resolved(workdir_or_manager) / CHECKPOINT_DIR
     if not directory.exists():
         return None
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
@@ -204,7 +205,7 @@ def restore_latest(workdir_or_manager: str | ocp.CheckpointManager, target: Any,
 
 def checkpoint_step_dir(workdir_or_step_dir: str, step: int | None = None) -> epath.Path:
     """A run's workdir (latest or `step`), its checkpoints/ folder, or one step's folder -> the step folder."""
-    path = epath.Path(workdir_or_step_dir)
+    path = resolved(workdir_or_step_dir)
     if (path / "state").exists():
         return path
     directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).exists() else path
