@@ -186,6 +186,26 @@ def finetune_config() -> ml_collections.ConfigDict:
     return c
 
 
+# GLUE tasks whose train / dev TSVs are in ../shared/data/glue (the rest are read from TFDS glue/<task>), and the
+# TFDS dev splits that are not 'validation'.
+GLUE_LOCAL_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}
+GLUE_TFDS_DEV_SPLITS = {"mnli": "validation_matched"}
+
+
+def use_glue_data(c: ml_collections.ConfigDict, task: str, glue_dir: str) -> ml_collections.ConfigDict:
+    """config.data for GLUE `task`: the local GLUE TSVs under glue_dir (e.g. ../shared/data/glue) where they
+    are, else the TFDS dataset glue/<task> with its dev split. Shared by the per-task GLUE recipes."""
+    c.data.format = task
+    if task in GLUE_LOCAL_DIRS:
+        c.data.train_file = os.path.join(glue_dir, GLUE_LOCAL_DIRS[task], "train.tsv")
+        c.data.eval_file = os.path.join(glue_dir, GLUE_LOCAL_DIRS[task], "dev.tsv")
+    else:
+        c.data.tfds_name = f"glue/{task}"
+        c.data.train_split = "train"
+        c.data.eval_split = GLUE_TFDS_DEV_SPLITS.get(task, "validation")
+    return c
+
+
 def use_t5_finetuning_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """T5's fine-tuning recipe (Raffel et al. 2020, section 3.1.2) on a finetune_config(): Adafactor as in its
     pretraining (decay 0.8, update clipping 1.0, parameter scaling) at a constant 0.001 with no warmup, weight

@@ -296,6 +296,17 @@ class EpochBatches:
 # ----------------------------------------------------------------------------------------------------------------
 # Predict pass, predictions, metrics
 
+def _sharded_pass(jitted, params, features: dict, keys, batch_size: int, mesh, rules, batch_sharding) -> list:
+    """jitted(params, batch) over every row of `features` in global batches (this process's slice of each, padded
+    with weight-0 rows), dispatched back to back, then gathered on the host: one result per batch."""
+    pending = []
+    for batch in tasks.iterate_batches({k: features[k] for k in keys}, batch_size,
+                                       process_index=jax.process_index(), process_count=jax.process_count()):
+        with shd.mesh_context(mesh, rules):
+            pending.append(jitted(params, shd.host_local_to_global(batch, mesh, batch_sharding)))
+    return jax.device_get(pending)
+
+
 class Predictor:
     """Outputs of the task model over every feature row (sharded step, outputs gathered on each host), plus the
     mean loss over the rows' weights."""
@@ -317,12 +328,8 @@ class Predictor:
     def __call__(self, params, features: dict) -> tuple[dict[str, np.ndarray], float]:
         n = tasks.num_rows(features)
         chunks, loss_sum, weight_sum = [], 0.0, 0.0
-        pending = []
-        for batch in tasks.iterate_batches({k: features[k] for k in self.keys}, self.batch_size,
-                                           process_index=jax.process_index(), process_count=jax.process_count()):
-            with shd.mesh_context(self.mesh, self.rules):
-                pending.append(self.jitted(params, shd.host_local_to_global(batch, self.mesh, self.batch_sharding)))
-        for outputs, loss, weight in jax.device_get(pending):
+        for outputs, loss, weight in _sharded_pass(self.jitted, params, features, self.keys, self.batch_size,
+                                                   self.mesh, self.rules, self.batch_sharding):
             chunks.append(outputs)
             loss_sum += float(loss)
             weight_sum += float(weight)
@@ -382,13 +389,9 @@ class TextGenerator:
         return out
 
     def loss(self, params, features: dict) -> float:
-        pending = []
-        for batch in tasks.iterate_batches({k: features[k] for k in self.keys}, self.batch_size,
-                                           process_index=jax.process_index(), process_count=jax.process_count()):
-            with shd.mesh_context(self.mesh, self.rules):
-                pending.append(self.jitted_loss(params, shd.host_local_to_global(batch, self.mesh,
-                                                                                  self.batch_sharding)))
-        sums = np.sum(np.asarray(jax.device_get(pending), np.float64), axis=0)
+        """The teacher-forced loss, mean over the target tokens of every row."""
+        sums = np.sum(np.asarray(_sharded_pass(self.jitted_loss, params, features, self.keys, self.batch_size,
+                                               self.mesh, self.rules, self.batch_sharding), np.float64), axis=0)
         return float(sums[0] / max(sums[1], 1e-8))
 
     def __call__(self, params, features: dict) -> tuple[dict, float]:

@@ -23,21 +23,21 @@ MRPC F1 82.3, STS-B Pearson 82.0, QQP F1 70.3 (GLUE score 72.8).
 """
 import os
 
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_glue_data
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
-# task -> the dev metric that keeps the best checkpoint, the local GLUE folder (else TFDS glue/<task>), the dev
-# split, and GPT's reported test score (x100) in that metric.
+# task -> the dev metric that keeps the best checkpoint and GPT's reported test score (x100) in that metric (where
+# the data is: config_defaults.use_glue_data).
 TASKS = {
-    "cola": dict(metric="matthews_corrcoef", glue_dir=None, eval_split="validation", reported=45.4),
-    "sst2": dict(metric="accuracy", glue_dir="SST-2", eval_split="validation", reported=91.3),
-    "mrpc": dict(metric="f1", glue_dir="MRPC", eval_split="validation", reported=82.3),
-    "qqp": dict(metric="f1", glue_dir=None, eval_split="validation", reported=70.3),
-    "stsb": dict(metric="pearson", glue_dir="STS-B", eval_split="validation", reported=82.0),
-    "mnli": dict(metric="accuracy", glue_dir=None, eval_split="validation_matched", reported=82.1),
-    "qnli": dict(metric="accuracy", glue_dir=None, eval_split="validation", reported=88.1),
-    "rte": dict(metric="accuracy", glue_dir=None, eval_split="validation", reported=56.0),
+    "cola": dict(metric="matthews_corrcoef", reported=45.4),
+    "sst2": dict(metric="accuracy", reported=91.3),
+    "mrpc": dict(metric="f1", reported=82.3),
+    "qqp": dict(metric="f1", reported=70.3),
+    "stsb": dict(metric="pearson", reported=82.0),
+    "mnli": dict(metric="accuracy", reported=82.1),
+    "qnli": dict(metric="accuracy", reported=88.1),
+    "rte": dict(metric="accuracy", reported=56.0),
 }
 
 
@@ -50,14 +50,8 @@ def get_config(task: str = "rte"):
     c = finetune_config()
     c.task = "regression" if key == "stsb" else "classification"
     c.model.family, c.model.size = "gpt2", "small"  # only without init_checkpoint
-    c.data.format = key
     c.data.style = "gpt2"
-    if t["glue_dir"]:
-        c.data.train_file = os.path.join(DATA, "glue", t["glue_dir"], "train.tsv")
-        c.data.eval_file = os.path.join(DATA, "glue", t["glue_dir"], "dev.tsv")
-    else:
-        c.data.tfds_name = f"glue/{key}"
-        c.data.eval_split = t["eval_split"]
+    use_glue_data(c, key, os.path.join(DATA, "glue"))
     c.data.max_len = 128
     c.head.dropout = 0.1
     c.optimizer.update(learning_rate=6.25e-5, warmup_ratio=0.002, schedule="linear", end_learning_rate=0.0,

@@ -52,29 +52,21 @@ also logs F1 (MRPC, QQP) and Spearman (STS-B).
 """
 import os
 
-from jaxlm.config_defaults import finetune_config
+from jaxlm.config_defaults import finetune_config, use_glue_data
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
-# Per task: fairseq's lr / batch, the dev metric that picks the kept checkpoint, where the data is (a GLUE folder of
-# ../shared/data, else TFDS glue/<task> with its dev split), and the dev scores reproduced (x100).
+# Per task: fairseq's lr / batch, the dev metric that picks the kept checkpoint and the dev scores reproduced (x100)
+# (where the data is: config_defaults.use_glue_data, a GLUE folder of ../shared/data or TFDS glue/<task>).
 TASKS = {
-    "mnli": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", glue_dir=None,
-                 eval_split="validation_matched", roberta_large=90.2, roberta_base=87.6),
-    "qnli": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", glue_dir=None, eval_split="validation",
-                 roberta_large=94.7, roberta_base=92.8),
-    "qqp": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", glue_dir=None, eval_split="validation",
-                roberta_large=92.2, roberta_base=91.9),
-    "rte": dict(learning_rate=2e-5, batch_size=16, metric="accuracy", glue_dir=None, eval_split="validation",
-                roberta_large=86.6, roberta_base=78.7),
-    "sst2": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", glue_dir="SST-2", eval_split="validation",
-                 roberta_large=96.4, roberta_base=94.8),
-    "mrpc": dict(learning_rate=1e-5, batch_size=16, metric="accuracy", glue_dir="MRPC", eval_split="validation",
-                 roberta_large=90.9, roberta_base=90.2),
-    "cola": dict(learning_rate=1e-5, batch_size=16, metric="matthews_corrcoef", glue_dir=None,
-                 eval_split="validation", roberta_large=68.0, roberta_base=63.6),
-    "stsb": dict(learning_rate=2e-5, batch_size=16, metric="pearson", glue_dir="STS-B", eval_split="validation",
-                 roberta_large=92.4, roberta_base=91.2),
+    "mnli": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", roberta_large=90.2, roberta_base=87.6),
+    "qnli": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", roberta_large=94.7, roberta_base=92.8),
+    "qqp": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", roberta_large=92.2, roberta_base=91.9),
+    "rte": dict(learning_rate=2e-5, batch_size=16, metric="accuracy", roberta_large=86.6, roberta_base=78.7),
+    "sst2": dict(learning_rate=1e-5, batch_size=32, metric="accuracy", roberta_large=96.4, roberta_base=94.8),
+    "mrpc": dict(learning_rate=1e-5, batch_size=16, metric="accuracy", roberta_large=90.9, roberta_base=90.2),
+    "cola": dict(learning_rate=1e-5, batch_size=16, metric="matthews_corrcoef", roberta_large=68.0, roberta_base=63.6),
+    "stsb": dict(learning_rate=2e-5, batch_size=16, metric="pearson", roberta_large=92.4, roberta_base=91.2),
 }
 
 
@@ -90,15 +82,8 @@ def get_config(task: str = ""):
     c.model.size = "base"
     c.model.hidden_dropout = 0.1
     c.model.attention_dropout = 0.1
-    c.data.format = key
     c.data.style = "roberta"  # <s> a </s></s> b </s>
-    if t["glue_dir"]:
-        c.data.train_file = os.path.join(DATA, "glue", t["glue_dir"], "train.tsv")
-        c.data.eval_file = os.path.join(DATA, "glue", t["glue_dir"], "dev.tsv")
-    else:
-        c.data.tfds_name = f"glue/{key}"
-        c.data.train_split = "train"
-        c.data.eval_split = t["eval_split"]
+    use_glue_data(c, key, os.path.join(DATA, "glue"))
     c.data.max_len = 512
     c.optimizer.learning_rate = t["learning_rate"]
     c.optimizer.warmup_ratio = 0.06

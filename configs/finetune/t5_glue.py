@@ -22,21 +22,13 @@ released t5-small / t5-base are, as here.
 """
 import os
 
-from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
+from jaxlm.config_defaults import finetune_config, use_glue_data, use_t5_finetuning_recipe
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
-# task -> the dev metric that keeps the best checkpoint, the local GLUE folder (else TFDS glue/<task>), its dev split.
-TASKS = {
-    "cola": dict(metric="matthews_corrcoef", glue_dir=None, eval_split="validation"),
-    "sst2": dict(metric="accuracy", glue_dir="SST-2", eval_split="validation"),
-    "mrpc": dict(metric="f1", glue_dir="MRPC", eval_split="validation"),
-    "qqp": dict(metric="f1", glue_dir=None, eval_split="validation"),
-    "stsb": dict(metric="pearson", glue_dir="STS-B", eval_split="validation"),
-    "mnli": dict(metric="accuracy", glue_dir=None, eval_split="validation_matched"),
-    "qnli": dict(metric="accuracy", glue_dir=None, eval_split="validation"),
-    "rte": dict(metric="accuracy", glue_dir=None, eval_split="validation"),
-}
+# task -> the dev metric that keeps the best checkpoint (where the data is: config_defaults.use_glue_data).
+TASKS = {"cola": "matthews_corrcoef", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
+         "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy"}
 GLUE_AVERAGE = {"small": 77.4, "base": 82.7}  # table 14, GLUE test average
 
 
@@ -45,22 +37,15 @@ def get_config(task: str = "mrpc"):
     if key not in TASKS:
         raise ValueError(f"configs/finetune/t5_glue.py:{task}: the argument after ':' is the GLUE task, one of "
                          f"{', '.join(TASKS)}")
-    t = TASKS[key]
     c = finetune_config()
     c.task = "seq2seq"
     c.model.family, c.model.size = "t5", "small"  # only without init_checkpoint
-    c.data.format = key
-    if t["glue_dir"]:
-        c.data.train_file = os.path.join(DATA, "glue", t["glue_dir"], "train.tsv")
-        c.data.eval_file = os.path.join(DATA, "glue", t["glue_dir"], "dev.tsv")
-    else:
-        c.data.tfds_name = f"glue/{key}"
-        c.data.eval_split = t["eval_split"]
+    use_glue_data(c, key, os.path.join(DATA, "glue"))
     c.data.max_len = 512
     c.data.max_target_len = 8
     c.generation.num_beams = 1
     use_t5_finetuning_recipe(c)
     c.train.num_steps = 2 ** 18
     c.train.eval_every_steps = 5000
-    c.train.best_metric = t["metric"]
+    c.train.best_metric = TASKS[key]
     return c
