@@ -407,3 +407,55 @@ def test_to_hf_reads_a_pretraining_checkpoint_without_its_optimizer_state(tmp_pa
         ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
     got = np.asarray(build_model(config).apply({"params": params}, jnp.asarray(ids, jnp.int32)))
     assert np.abs(got - ref).max() < 1e-4
+
+
+def write_sentence_transformers_tokenizer_json(model_dir, length=16):
+    """A WordPiece tokenizer.json as released sentence-transformers checkpoints ship it: fixed padding and
+    truncation baked in ("padding": {"strategy": {"Fixed": N}}, "truncation": {"max_length": N})."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS)}
+    backend = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    backend.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
+    backend.enable_truncation(max_length=length)
+    backend.save(os.path.join(model_dir, "tokenizer.json"))
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": length,
+                   "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                   "mask_token": "[MASK]"}, f)
+    saved = json.load(open(os.path.join(model_dir, "tokenizer.json")))
+    assert saved["padding"]["strategy"] == {"Fixed": length} and saved["truncation"]["max_length"] == length
+
+
+def test_tokenizer_json_with_baked_padding_and_truncation_encodes_every_token(tmp_path):
+    """Regression: the padding / truncation stored in a tokenizer.json are turned off on load, so ids equal
+    transformers' tokenizer(text, add_special_tokens=False) on texts longer than the baked length, and features
+    built from them hold no padding in the middle and keep their [SEP]."""
+    from jaxlm import tasks
+
+    write_sentence_transformers_tokenizer_json(str(tmp_path), length=16)
+    ours = load_tokenizer(str(tmp_path))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    long_text = " ".join(TEXTS * 3)  # ~60 word pieces, far beyond the baked 16
+    expected = hf_tok(long_text, add_special_tokens=False)["input_ids"]
+    assert len(expected) > 40 and 0 not in expected
+    assert ours.encode(long_text) == expected
+    assert ours.encode_batch([long_text, "a dog"]) == [expected, hf_tok("a dog", add_special_tokens=False)["input_ids"]]
+    assert ours.encode_with_offsets(long_text)[0] == expected
+
+    features = tasks.classification_features([tasks.TextExample("x", "a lazy dog", "the fox", 1)], ours, max_len=12)
+    row, n_real = features["inputs"][0].tolist(), int(features["segment_ids"][0].sum())
+    assert row[:n_real] == [2, *ours.encode("a lazy dog"), 3, *ours.encode("the fox"), 3]
+    assert row[n_real:] == [0] * (12 - n_real)
+    # A SQuAD context longer than the baked 16 tokens is windowed by doc_stride, not cut at 16 first.
+    context = " ".join(TEXTS * 2)
+    qa = tasks.qa_features([tasks.QAExample("q", "who jumps?", context, (tasks.Answer("the fox", context.rindex("the fox")),))],
+                           ours, max_len=24, doc_stride=8, max_query_len=8)
+    assert len(qa["inputs"]) > 3 and qa["start_positions"].max() > 0

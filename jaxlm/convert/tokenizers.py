@@ -270,6 +270,11 @@ def load_tokenizer(model_dir: str, family: str | None = None):
 
         # from_file opens local files only
         backend = Tokenizer.from_str(epath.Path(path("tokenizer.json")).read_bytes().decode("utf-8"))
+        # Released tokenizer.json files often carry fixed padding and truncation (e.g. sentence-transformers'
+        # "padding": {"strategy": {"Fixed": 128}}): with them on, encode() would return 128 ids ending in pad
+        # ids and cut long texts. jaxlm's features pad, truncate and stride themselves, from its own config.
+        backend.no_padding()
+        backend.no_truncation()
         vocab = backend.get_vocab(with_added_tokens=True)
         defaults = WORDPIECE_DEFAULTS if "[CLS]" in vocab else ROBERTA_DEFAULTS if "<s>" in vocab else GPT2_DEFAULTS
         names = _special_token_names(model_dir, defaults, vocab)
