@@ -4,12 +4,13 @@
     .venv/bin/python benchmarks/estimate.py configs/pretrain/gpt2_small.py --slice 8xH100 --mfu 0.5
     .venv/bin/python benchmarks/estimate.py --all [--markdown]   # every reproduction recipe, its suggested slice
 
-FLOPs are the training loop's own analytic count (jaxlm.train.metrics.transformer_train_flops_per_token):
-6 x matmul parameters + 12 x layers x d_model x seq_len per token (attention scores and values), times
-batch x seq_len x steps; for T5's span corruption, jaxlm.models.t5.seq2seq_train_flops (each stack over its own
-length: the encoder over the inputs, the decoder over the targets). So "at 40% MFU" means "if the run reports MFU 0.40 in metrics.jsonl". Parameter counts
-come from the real model (jax.eval_shape of its init: no memory, no device). Times assume the slice does
-nothing but train steps (no evaluation, checkpoint or start-up time); costs are chips x hours x list price.
+FLOPs are the training loop's own analytic count (the objective's `train_flops_per_example`, from the model
+family: 6 x the matmul weights each token goes through, forward and backward, + 12 x layers x attention width x
+keys per token for the attention scores and values; the vocabulary projection only where the objective projects,
+e.g. MLM's masked slots; T5's encoder over its inputs and decoder over its targets), times batch x steps. So "at
+40% MFU" means "if the run reports MFU 0.40 in metrics.jsonl". Parameter counts come from the real model
+(jax.eval_shape of its init: no memory, no device). Times assume the slice does nothing but train steps (no
+evaluation, checkpoint or start-up time); costs are chips x hours x list price.
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
+
+from jaxlm.config_defaults import load_config_file  # noqa: E402
+from jaxlm.models import family_of  # noqa: E402
+from jaxlm.models.common import count_params  # noqa: E402
+from jaxlm.models.registry import model_config_from_section  # noqa: E402
+from jaxlm.objectives import objective_from_config  # noqa: E402
+from jaxlm.train.metrics import peak_flops_per_device  # noqa: E402
+from jaxlm.workdir import abstract_params  # noqa: E402
 
 # USD per chip-hour (per GPU-hour), on-demand list prices in US regions as published on cloud.google.com/tpu/pricing
 # and the Compute Engine GPU pricing page; recalled, not fetched: check them before you budget. Spot prices move
@@ -78,8 +87,6 @@ class Hardware:
 
 def parse_hardware(name: str) -> Hardware:
     """'v4-32', 'v5e-256', 'v5litepod-16', 'v5p-128', 'v6e-64' (TPU slices) or 'NxH100' / 'NxA100' / 'NxH200'."""
-    from jaxlm.train.metrics import peak_flops_per_device
-
     gpu = re.fullmatch(r"(\d+)\s*x\s*(a100|h100|h200)", name.strip().lower())
     if gpu:
         n, kind = int(gpu.group(1)), gpu.group(2)
@@ -98,41 +105,22 @@ def parse_hardware(name: str) -> Hardware:
 class ModelNumbers:
     family: str
     size: str
-    matmul_params: int  # N of the 6N rule (all params but position / token-type lookup tables)
     total_params: int
-    num_layers: int  # encoder + decoder layers for T5
-    hidden_size: int
+    tokens_per_example: int  # input tokens per row (what tokens/s counts)
     flops_per_token: float  # training FLOPs per (input) token, as the loop counts them
 
 
 def model_numbers(config) -> ModelNumbers:
-    """Parameter counts and training FLOPs per token of the config's model (vocabulary: config.model.vocab_size
-    if set, else the tokenizer_vocab_size the run would train), from abstract shapes only. The FLOPs are
-    counted as jaxlm.pretrain.run counts them for MFU (span corruption: encoder over the inputs, decoder over
-    the targets)."""
-    import jax
-    import numpy as np
-    from flax import linen as nn
-
-    from jaxlm.models import build_model
-    from jaxlm.models.common import matmul_params
-    from jaxlm.pretrain import dummy_inputs, model_config_from, training_flops_per_token
-
-    model_config = model_config_from(config, config.data.tokenizer_vocab_size)
-    model = build_model(model_config)
-    seq_len = config.data.seq_len
-    noise = {}
-    if config.objective == "span_corruption":
-        noise = dict(noise_density=config.data.noise_density,
-                     mean_noise_span_length=config.data.mean_noise_span_length)
-    dummy = dummy_inputs(config.objective, 1, seq_len, config.data.max_predictions, **noise)
-    shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy)))["params"]
-    total = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
-    width = getattr(model_config, "hidden_size", None) or model_config.d_model
-    layers = model_config.num_layers + getattr(model_config, "decoder_layers", 0)
-    per_token = training_flops_per_token(config, model_config, shapes)
-    return ModelNumbers(config.model.family, config.model.size or "custom", matmul_params(shapes), total, layers,
-                        width, per_token)
+    """Parameter count and training FLOPs per token of the config's model (vocabulary: config.model.vocab_size if
+    set, else the tokenizer_vocab_size the run would train), from abstract shapes only; the FLOPs as the
+    training loop counts them for MFU."""
+    objective = objective_from_config(config)
+    model_config = model_config_from_section(config.model, vocab_size=config.data.tokenizer_vocab_size)
+    family = family_of(model_config)
+    shapes = abstract_params(family.build(model_config), objective.init_inputs(family, model_config))
+    per_token = objective.train_flops_per_example(family, model_config) / objective.tokens_per_example
+    return ModelNumbers(family.name, config.model.size or "custom", count_params(shapes), objective.tokens_per_example,
+                        per_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +153,7 @@ def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, 
     if steps <= 0:
         raise ValueError(f"start_step={start_step} is not below config.train.num_steps={config.train.num_steps}")
     model = model_numbers(config)
-    seq_len, batch = config.data.seq_len, config.train.batch_size
+    seq_len, batch = model.tokens_per_example, config.train.batch_size
     per_token = model.flops_per_token
     tokens = batch * seq_len * steps
     flops = per_token * tokens
@@ -178,8 +166,6 @@ def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, 
 
 def load(spec: str):
     """A config file path (optionally file.py:arg), relative to the working directory or the repository."""
-    from jaxlm.config_defaults import load_config_file
-
     path, sep, arg = spec.partition(":")
     if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
         path = os.path.join(ROOT, path)
@@ -202,13 +188,13 @@ def _usd(x: float | None) -> str:
     return "-" if x is None else f"${x:,.0f}"
 
 
-COLUMNS = ("config", "hardware", "chips", "hosts", "params (6N)", "steps", "tokens", "train FLOPs",
+COLUMNS = ("config", "hardware", "chips", "hosts", "params", "FLOPs/token", "steps", "tokens", "train FLOPs",
            "tokens/s", "time", "on-demand", "spot")
 
 
 def rows(estimates: list[Estimate]) -> list[tuple[str, ...]]:
-    return [(e.config, e.hardware.name, str(e.hardware.chips), str(e.hardware.hosts), _count(e.model.matmul_params),
-             _count(e.steps), _count(e.tokens), f"{e.flops:.3g}", _count(e.tokens_per_second), _duration(e.seconds),
+    return [(e.config, e.hardware.name, str(e.hardware.chips), str(e.hardware.hosts), _count(e.model.total_params),
+             _count(e.flops_per_token), _count(e.steps), _count(e.tokens), f"{e.flops:.3g}", _count(e.tokens_per_second), _duration(e.seconds),
              _usd(e.usd_on_demand), _usd(e.usd_spot)) for e in estimates]
 
 
@@ -224,8 +210,8 @@ def format_table(estimates: list[Estimate], markdown: bool = False) -> str:
 
 def footnote(mfu: float) -> str:
     prices = ", ".join(f"{k} ${v:.2f}" for k, v in ON_DEMAND_USD_PER_CHIP_HOUR.items() if v is not None)
-    return (f"At {mfu:.0%} MFU of dense bf16 peak; FLOPs = (6N + 12 x layers x d_model x seq) x tokens, N = matmul "
-            f"params (all but position/token-type tables). On-demand USD per chip-hour ({PRICES_AS_OF} list prices, "
+    return (f"At {mfu:.0%} MFU of dense bf16 peak; FLOPs per token = 6 x matmul weights per token + 12 x layers x "
+            f"width x keys (attention), the vocabulary projection where the objective projects. On-demand USD per chip-hour ({PRICES_AS_OF} list prices, "
             f"US regions): {prices}; spot = {SPOT_FRACTION:.0%} of on-demand (assumed). Train steps only: no "
             "evaluation, checkpointing, compilation or queueing time.")
 

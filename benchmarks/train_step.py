@@ -148,7 +148,7 @@ def _jaxlm_pieces(spec: dict, num_layers: int | None = None):
 
     from jaxlm import sharding, train
     from jaxlm.models import build_model, get_model_config
-    from jaxlm.objectives.pretraining import LossConfig, make_pretraining_loss
+    from jaxlm.objectives import LossConfig
 
     w = WORKLOADS[spec["model"]]
     overrides = dict(scan_layers=spec["scan"], remat_policy=spec["remat"])
@@ -156,9 +156,10 @@ def _jaxlm_pieces(spec: dict, num_layers: int | None = None):
         overrides["num_layers"] = num_layers
     config = get_model_config(w["family"], w["size"], **overrides)
     model = build_model(config)
-    tx, schedule = train.make_optimizer(_optimizer_config())
+    tx, schedule = train.make_optimizer(_optimizer_config(), num_steps=1)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    loss_fn = make_pretraining_loss(w["objective"], model, LossConfig(logits_chunk_size=spec.get("chunk", 0)))
+    objective = _objective(w, LossConfig(logits_chunk_size=spec.get("chunk", 0)))
+    loss_fn = objective.loss_fn(model)
     step = train.make_train_step(loss_fn, tx, learning_rate_fn=schedule)
     batch = _synthetic_batch(w, config.vocab_size)
     dummy = {k: batch[k][:1] for k in ("inputs", "segment_ids", "positions")}
@@ -166,20 +167,21 @@ def _jaxlm_pieces(spec: dict, num_layers: int | None = None):
     return config, tx, mesh, init_fn, step, batch
 
 
+def _objective(w: dict, loss=None):
+    from jaxlm.objectives import LossConfig, get_objective
+
+    settings = dict(seq_len=w["seq"], loss=loss or LossConfig())
+    if w["max_predictions"]:
+        settings["max_predictions"] = w["max_predictions"]
+    return get_objective(w["objective"])(**settings)
+
+
 def _model_flops_per_step(model: str, config) -> float:
-    """Analytic training FLOPs (6 x matmul params x tokens + attention), per DESIGN.md section 6."""
-    from jaxlm.train import transformer_train_flops_per_token
+    """The training loop's own analytic FLOPs (the objective's count from the model family)."""
+    from jaxlm.models import family_of
 
     w = WORKLOADS[model]
-    d, f, n_layers, v = config.hidden_size, config.intermediate_size, config.num_layers, config.vocab_size
-    layer_params = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d  # attention, MLP, two LayerNorms
-    tokens = w["batch"] * w["seq"]
-    body = transformer_train_flops_per_token(n_layers * layer_params, n_layers, d, w["seq"]) * tokens
-    if model == "bert":  # MLM head on the masked slots (transform + tied decoder), pooler + NSP on [CLS]
-        heads = 6 * (d * d + d * v) * w["batch"] * w["max_predictions"] + 6 * (d * d + 2 * d) * w["batch"]
-    else:  # tied LM head on every token
-        heads = 6 * d * v * tokens
-    return float(body + heads)
+    return _objective(w).train_flops_per_example(family_of(config), config) * w["batch"]
 
 
 def _program_hash(compiled) -> str:

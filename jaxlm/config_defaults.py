@@ -1,26 +1,71 @@
-"""The one place that lists every pretraining config key and its default.
+"""The one config schema: every key of a pretraining and a fine-tuning config with its default.
 
-Config files in configs/ start from `pretrain_config()` and override what their recipe changes. The returned
-ConfigDict is locked, so a misspelt key (in a file or on the command line) is an error naming the valid keys.
+Config files in configs/ start from `pretrain_config()` / `finetune_config()` and override what their recipe
+changes. The returned ConfigDict is locked, so a misspelt key (in a file or on the command line) is an error
+naming the valid keys. Three sections come from the library's own definitions rather than lists here:
+
+- config.optimizer: the fields of jaxlm.train.optimizer.OptimizerConfig (one schema for both run types);
+- config.model: `family`, `size` and every field of every family's config dataclass, unset (None) unless a file or
+  the command line sets it, so `--config.model.num_layers=2` works on any config; a field the chosen family lacks
+  is an error naming the family's fields;
+- config.mesh.logical_axis_rules: (logical axis, mesh axes) pairs laid over jaxlm.sharding.DEFAULT_RULES, as
+  MaxText's logical_axis_rules, e.g. `"(('embed', None), ('mlp', ('fsdp', 'tensor')))"`.
+
+`shared_data(...)` is where the public datasets of ../shared/data are, for the recipes that default to them.
 """
+import dataclasses
 import importlib.util
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
-# Keys of config.model other than `family` and `size` are passed to the model config dataclass as overrides
-# (see jaxlm.models.get_model_config); `vocab_size` comes from the tokenizer unless set here.
-MODEL_SELECTORS = ("family", "size")
+from jaxlm.models import get_family
+from jaxlm.models.registry import all_field_types
+from jaxlm.train.optimizer import OptimizerConfig
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA_ENV = "JAXLM_SHARED_DATA"
+
+
+def shared_data(*parts: str) -> str:
+    """A path under the shared public datasets: $JAXLM_SHARED_DATA, else ../shared/data beside the repository."""
+    root = os.environ.get(SHARED_DATA_ENV) or os.path.normpath(os.path.join(REPOSITORY, "..", "shared", "data"))
+    return os.path.join(root, *parts)
+
+
+def optimizer_section(**overrides) -> ml_collections.ConfigDict:
+    """config.optimizer: OptimizerConfig's fields and defaults, with a recipe's `overrides`."""
+    fields = dataclasses.asdict(OptimizerConfig())
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"optimizer_section: unknown keys {unknown}; OptimizerConfig has {sorted(fields)}")
+    fields.update(overrides)
+    return ml_collections.ConfigDict({k: config_dict.placeholder(float) if v is None else v for k, v in fields.items()})
+
+
+def model_section(family: str, size: str) -> ml_collections.ConfigDict:
+    """config.model: the family / size selectors and every model field, unset."""
+    section = {"family": family, "size": size}
+    section.update({name: config_dict.placeholder(kind) for name, kind in all_field_types().items()})
+    return ml_collections.ConfigDict(section)
+
+
+def mesh_section() -> ml_collections.ConfigDict:
+    """Mesh axis sizes (-1 takes the remaining devices; DESIGN.md section 4) and logical-axis rule overrides."""
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, logical_axis_rules=()))
+
+
+def distributed_section() -> ml_collections.ConfigDict:
+    """jax.distributed: on Cloud TPU pods `initialize=True` with no addresses is enough (auto-detected)."""
+    return ml_collections.ConfigDict(dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1))
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.objective = "mlm_nsp"  # mlm | mlm_nsp | clm | span_corruption (T5)
+    c.objective = "mlm_nsp"  # a name of jaxlm.objectives.OBJECTIVES: mlm | mlm_nsp | clm | span_corruption
     c.seed = 0
-
-    c.model = ml_collections.ConfigDict(dict(
-        family="bert", size="tiny", dtype="float32", scan_layers=False, remat_policy="none",
-        attention_impl="xla"))
+    c.model = model_section("bert", "tiny")
 
     c.data = ml_collections.ConfigDict(dict(
         dataset="jaxlm_pydoc",  # jaxlm_pydoc (embedded, offline) | text_files | any prepared TFDS name (c4/en, ...)
@@ -36,8 +81,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
         # Sentinels appended after the pieces of a given sentencepiece model that has none of its own: 100 for T5's
         # released spiece.model (as HF's T5Tokenizer), to continue pretraining an imported T5 with span corruption.
         tokenizer_extra_ids=0,
+        # The objectives' settings (each objective reads the keys named like its fields; jaxlm.objectives).
         seq_len=128,  # span_corruption: the encoder length; the decoder's follows (T5: 512 -> 114)
-        max_predictions=20,  # MLM slots per row (BERT's max_predictions_per_seq)
+        max_predictions=20,  # mlm: slots per row (BERT's max_predictions_per_seq)
         mask_rate=0.15,
         whole_word_masking=False,
         nsp_examples_per_document=1,  # mlm_nsp: sentence pairs drawn from each document per epoch
@@ -47,11 +93,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     ))
 
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0, z_loss=0.0, logits_chunk_size=0))
-
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-4, warmup_steps=0, total_steps=-1,  # -1: train.num_steps
-        schedule="linear", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-        max_grad_norm=1.0))
+    c.optimizer = optimizer_section(learning_rate=1e-4)
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32,  # global batch, over all processes and devices
@@ -69,19 +111,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
         # BERT's second phase (512 tokens) continues the first (128 tokens) this way. Ignored on resume.
         init_from="",
     ))
-
-    # Mesh axis sizes; -1 takes the remaining devices. (data, fsdp, tensor) as in DESIGN.md section 4.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
-    # jax.distributed: on Cloud TPU pods `initialize=True` with no addresses is enough (auto-detected).
-    c.distributed = ml_collections.ConfigDict(dict(
-        initialize=False, coordinator_address="", num_processes=0, process_id=-1))
-
+    c.mesh = mesh_section()
+    c.distributed = distributed_section()
     c.lock()
     return c
-
-
-FINETUNE_TASKS = ("classification", "regression", "token_classification", "question_answering", "seq2seq")
 
 
 def finetune_config() -> ml_collections.ConfigDict:
@@ -92,9 +125,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     weight decay 0.01, dropout 0.1, gradient clipping at global norm 1.0.
     """
     c = ml_collections.ConfigDict()
-    # classification | regression | token_classification | question_answering | seq2seq (text to text: T5, or
-    # GPT-2 writing after a prompt)
-    c.task = "classification"
+    c.task = "classification"  # a name of jaxlm.tasks.TASKS
     c.seed = 0
     # A pretraining run's workdir, one of its checkpoint step dirs (WORKDIR/checkpoints/<step>), an imported HF
     # workdir (`python -m jaxlm.convert from-hf`) or an earlier fine-tuning run. '' = no pretraining: a random
@@ -105,11 +136,10 @@ def finetune_config() -> ml_collections.ConfigDict:
     # else a sentencepiece .model file or an HF tokenizer directory.
     c.tokenizer = ""
 
-    # The backbone comes from the checkpoint's saved config; these fields override it (-1: keep its value).
-    c.model = ml_collections.ConfigDict(dict(
-        family="bert", size="base",  # only without init_checkpoint
-        dtype="float32", scan_layers=False, remat_policy="none", attention_impl="xla",
-        hidden_dropout=-1.0, attention_dropout=-1.0))
+    # With init_checkpoint, the backbone is the checkpoint's: family names the network the recipe is for (another
+    # network is an error) and only run-time fields may be set (dtype, scan_layers, remat_policy, attention_impl,
+    # dropout rates). Without, family / size / any field shape a random backbone.
+    c.model = model_section("", "")
     c.head = ml_collections.ConfigDict(dict(dropout=-1.0))  # -1: the backbone's hidden dropout (0.1)
 
     c.data = ml_collections.ConfigDict(dict(
@@ -152,14 +182,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     # seq2seq: how dev-set and predict outputs are generated (jaxlm.decoding).
     c.generation = ml_collections.ConfigDict(dict(num_beams=1, length_penalty=0.6))  # 1 beam = greedy
 
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=2e-5, warmup_ratio=0.1, warmup_steps=-1,  # -1: warmup_ratio x total steps
-        total_steps=-1,  # -1: the run's steps (num_epochs x steps per epoch)
-        schedule="linear", end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-        max_grad_norm=1.0,
-        # < 1: layer l of L trains with lr x decay^(L - l), embeddings with decay^(L + 1), head and pooler with lr
-        # (ELECTRA, Clark et al. 2020, e.g. 0.8 for base models).
-        layerwise_lr_decay=1.0))
+    c.optimizer = optimizer_section(learning_rate=2e-5, warmup_steps=-1, warmup_ratio=0.1)
 
     c.train = ml_collections.ConfigDict(dict(
         num_epochs=3.0,  # may be fractional; 0 = only evaluate the initial model
@@ -178,10 +201,8 @@ def finetune_config() -> ml_collections.ConfigDict:
         cpu_peak_flops=0.0,
         progress_bar=True,
     ))
-
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.distributed = ml_collections.ConfigDict(dict(
-        initialize=False, coordinator_address="", num_processes=0, process_id=-1))
+    c.mesh = mesh_section()
+    c.distributed = distributed_section()
     c.lock()
     return c
 
@@ -192,9 +213,10 @@ GLUE_LOCAL_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}
 GLUE_TFDS_DEV_SPLITS = {"mnli": "validation_matched"}
 
 
-def use_glue_data(c: ml_collections.ConfigDict, task: str, glue_dir: str) -> ml_collections.ConfigDict:
-    """config.data for GLUE `task`: the local GLUE TSVs under glue_dir (e.g. ../shared/data/glue) where they
+def use_glue_data(c: ml_collections.ConfigDict, task: str, glue_dir: str | None = None) -> ml_collections.ConfigDict:
+    """config.data for GLUE `task`: the local GLUE TSVs under glue_dir (default shared_data('glue')) where they
     are, else the TFDS dataset glue/<task> with its dev split. Shared by the per-task GLUE recipes."""
+    glue_dir = glue_dir or shared_data("glue")
     c.data.format = task
     if task in GLUE_LOCAL_DIRS:
         c.data.train_file = os.path.join(glue_dir, GLUE_LOCAL_DIRS[task], "train.tsv")
@@ -210,11 +232,9 @@ def use_t5_finetuning_recipe(c: ml_collections.ConfigDict) -> ml_collections.Con
     """T5's fine-tuning recipe (Raffel et al. 2020, section 3.1.2) on a finetune_config(): Adafactor as in its
     pretraining (decay 0.8, update clipping 1.0, parameter scaling) at a constant 0.001 with no warmup, weight
     decay or gradient clipping, batch 128. Shared by the configs/finetune/t5_*.py recipes and multi30k.py."""
-    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_ratio=0.0,
-                       weight_decay=0.0, max_grad_norm=0.0)
-    with c.optimizer.unlocked():
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True)
+    c.optimizer.update(name="adafactor", learning_rate=1e-3, schedule="constant", warmup_steps=0, warmup_ratio=0.0,
+                       weight_decay=0.0, max_grad_norm=0.0, adafactor_decay_rate=0.8,
+                       adafactor_clipping_threshold=1.0, adafactor_multiply_by_parameter_scale=True)
     c.train.batch_size = 128
     c.train.eval_batch_size = 128
     return c
@@ -232,13 +252,15 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def check_overrides(argv, config_flag: str = "config") -> None:
-    """Fails early, naming the valid keys, when a `--config.some.key=value` override names no key.
+    """Fails early, naming the valid keys, when a `--config.some.key=value` override names no key; a model field
+    the chosen family lacks names that family's fields.
 
     (ml_collections' own message only suggests one spelling; researchers want the menu.)
     """
     prefix = f"--{config_flag}"
     files = [a.split("=", 1)[1] for a in argv if a.startswith(prefix + "=")]
-    overrides = [a[len(prefix) + 1:].split("=", 1)[0] for a in argv if a.startswith(prefix + ".")]
+    overrides = {a[len(prefix) + 1:].split("=", 1)[0]: a.split("=", 1)[1] if "=" in a else ""
+                 for a in argv if a.startswith(prefix + ".")}
     if not files or not overrides:
         return
     config = load_config_file(files[-1])
@@ -251,3 +273,12 @@ def check_overrides(argv, config_flag: str = "config") -> None:
                 raise SystemExit(f"error: unknown config key {prefix}.{dotted}: {where} has no key {key!r}. "
                                  f"Valid keys of {where}: {', '.join(valid)}")
             node = node[key]
+    family = overrides.get("model.family") or config.model.family
+    model_keys = [d.split(".", 1)[1] for d in overrides if d.startswith("model.") and d not in ("model.family",
+                                                                                               "model.size")]
+    if family and model_keys:
+        family_fields = set(get_family(family).field_names()) - {"family"}
+        wrong = [k for k in model_keys if k not in family_fields]
+        if wrong:
+            raise SystemExit(f"error: {prefix}.model.{wrong[0]}: model family {family!r} has no field {wrong[0]!r}. "
+                             f"Valid fields: {', '.join(sorted(family_fields))}")

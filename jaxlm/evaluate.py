@@ -8,32 +8,31 @@ eval_dev.json). From a notebook: `jaxlm.evaluate.evaluate(workdir, split_file)`.
 import json
 import os
 import sys
+import time
 
 from absl import app, flags
+from ml_collections import ConfigDict
+
+from jaxlm.paths import absolute
+from jaxlm.tasks import BadInputError
+from jaxlm.tasks.finetuning import load_finetuned, write_json
 
 
 def evaluate(workdir: str, split_file: str = "", *, split: str = "", step: int | None = None, batch_size: int = 0,
              limit: int = 0) -> dict:
     """{metrics..., 'step', 'file', 'examples'}; also written to workdir/eval_<split>.json."""
-    import time
-
-    from ml_collections import ConfigDict
-
-    from jaxlm import task_pipeline as tp
-    from jaxlm.paths import absolute
-
     t0 = time.perf_counter()
-    run = tp.load_finetuned(workdir, step)
+    run = load_finetuned(workdir, step)
     data = ConfigDict(run.config["data"])
     path = "" if split and not split_file else split_file or data.eval_file
     split = os.path.splitext(os.path.basename(path))[0] if path else split or data.eval_split
-    examples = tp.read_examples(run.spec, data, path, split=split, limit=limit)
-    features = tp.make_features(run.spec, examples, run.tokenizer)
+    examples = run.task.read_examples(run.spec, data, path, split=split, limit=limit)
+    features = run.task.features(run.spec, examples, run.tokenizer)
     outputs, loss = run.predictor(batch_size or None)(run.params, features)
-    result = {"loss": loss, **tp.task_metrics(run.spec, examples, features, outputs), "step": run.step,
+    result = {"loss": loss, **run.task.metrics(run.spec, examples, features, outputs), "step": run.step,
               "file": absolute(path) if path else f"tfds:{data.tfds_name}[{split}]",
               "examples": len(examples), "seconds": time.perf_counter() - t0}
-    tp.write_json(os.path.join(workdir, f"eval_{split}.json"), result)
+    write_json(os.path.join(workdir, f"eval_{split}.json"), result)
     return result
 
 
@@ -46,8 +45,6 @@ def main(argv):
 
 
 def cli():
-    from jaxlm.tasks import BadInputError
-
     flags.DEFINE_string("workdir", None, "A fine-tuning run (python -m jaxlm.finetune --workdir).")
     flags.DEFINE_string("split_file", "", "The file to score (default: the run's config.data.eval_file).")
     flags.DEFINE_string("split", "", "A split of the run's TFDS dataset to score instead (e.g. test).")

@@ -5,8 +5,9 @@
         [--strategy greedy|sample|beam] [--temperature 1.0 --top_k 0 --top_p 1.0 --seed 0] \
         [--num_beams 4 --length_penalty 0.6 --length_penalty_style gnmt|hf --early_stopping never|true|false]
 
-The tokenizer is the checkpoint's own: WORKDIR/tokenizer.model (jaxlm runs), WORKDIR/tokenizer/ (HF imports), or
-the file the run's saved config names; --tokenizer overrides. Prompts are left-padded into batches of
+The model and tokenizer come from the run directory (jaxlm.workdir.open_run: a pretraining run, an import or a
+text-to-text fine-tuning run; the parameters restored onto this host's devices as the model's logical axes shard
+them); --tokenizer overrides the run's own tokenizer. Prompts are left-padded into batches of
 --batch_size (all padded to the longest prompt, so the search compiles once); each row stops at the
 tokenizer's EOS (unless --ignore_eos). Prints every prompt followed by its continuation (encoder-decoder
 models such as T5: the prompt, ended by EOS, is the encoder input, and the decoder's output is printed).
@@ -14,37 +15,14 @@ models such as T5: the prompt, ended by EOS, is the encoder input, and the decod
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+import jax
 
-def find_tokenizer(workdir: str, saved: dict | None) -> str:
-    """The tokenizer that came with a checkpoint (a sentencepiece .model file or an HF tokenizer directory), local
-    or remote (gs://...)."""
-    from jaxlm.paths import is_nonempty
-
-    saved = saved or {}
-    candidates = [os.path.join(workdir, "tokenizer.model"),
-                  os.path.join(workdir, saved.get("tokenizer_dir") or "tokenizer")]
-    candidates += [p for p in (saved.get("tokenizer_file"), (saved.get("data") or {}).get("tokenizer"))
-                   if isinstance(p, str) and p]
-    for path in candidates:
-        if is_nonempty(path):
-            return path
-    raise FileNotFoundError(f"no tokenizer found with checkpoint {workdir} (tried {candidates}); pass --tokenizer")
-
-
-def load_tokenizer(path: str, family: str | None):
-    from etils import epath
-
-    if epath.Path(path).is_dir():
-        from jaxlm.convert import load_tokenizer as load_hf_tokenizer
-        tokenizer = load_hf_tokenizer(path, family)
-        if tokenizer is None:
-            raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, ...)")
-        return tokenizer
-    from jaxlm.data import Tokenizer
-    return Tokenizer(path)
+from jaxlm import sharding as shd
+from jaxlm.decoding import GenerationConfig, adapter_for, generate, pad_prompts
+from jaxlm.paths import open_text
+from jaxlm.workdir import open_run
 
 
 def _special_id(tokenizer, name: str):
@@ -94,24 +72,17 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     prompts = list(args.prompt)
     if args.prompts_file:
-        from jaxlm.paths import open_text
-
         with open_text(args.prompts_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
         raise ValueError("no prompts: pass --prompt TEXT (repeatable) or --prompts_file FILE")
 
-    import jax
-
-    from jaxlm.convert import read_workdir
-    from jaxlm.decoding import GenerationConfig, adapter_for, generate, pad_prompts
-
-    model_config, params, saved, step = read_workdir(args.checkpoint, args.step)
-    tokenizer = load_tokenizer(args.tokenizer or find_tokenizer(args.checkpoint, saved), model_config.family)
+    run = open_run(args.checkpoint, args.step, tokenizer=args.tokenizer or "")
+    model_config, tokenizer, step = run.model_config, run.tokenizer, run.step
     tokenizer_eos = _special_id(tokenizer, "eos_id")
     eos_id = None if args.ignore_eos else tokenizer_eos
     start_id = next((i for i in (_special_id(tokenizer, "bos_id"), tokenizer_eos) if i is not None), 0)
-    adapter = adapter_for(model_config)
+    adapter = adapter_for(model_config)  # an encoder (BERT) is an error naming the families that write
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, strategy=args.strategy, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams, length_penalty=args.length_penalty,
@@ -122,14 +93,14 @@ def _run(args) -> int:
     else:
         encoded = [tokenizer.encode(p) or [start_id] for p in prompts]  # an empty prompt starts from BOS/EOS
     length = max(map(len, encoded))
-    params = jax.device_put(params)  # once, not on every call
     rng = jax.random.key(args.seed)
     for start in range(0, len(encoded), args.batch_size):
         chunk = encoded[start:start + args.batch_size]
         rows = len(chunk)
         chunk = chunk + [chunk[-1]] * (args.batch_size - rows if len(encoded) > args.batch_size else 0)
         tokens, mask = pad_prompts(chunk, model_config.pad_token_id, args.padding_side, length)
-        out = generate(adapter, params, tokens, mask, config=config, rng=jax.random.fold_in(rng, start))
+        with shd.mesh_context(run.mesh, run.rules):  # on the mesh the params were restored onto
+            out = generate(adapter, run.params, tokens, mask, config=config, rng=jax.random.fold_in(rng, start))
         out_tokens, out_lengths = jax.device_get((out.tokens, out.lengths))
         for i in range(rows):
             ids = [int(t) for t in out_tokens[i, :out_lengths[i]]]

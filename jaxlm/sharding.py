@@ -48,6 +48,29 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def merge_rules(overrides: Sequence = (), base: Sequence = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+    """`base` with (logical name, mesh axes) pairs of `overrides` laid over it (config.mesh.logical_axis_rules): a
+    name already in the table gets the new mesh axes, a new name is appended. Mesh axes must be among MESH_AXES."""
+    rules = dict(base)
+    for entry in overrides:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(f"config.mesh.logical_axis_rules: {entry!r} is not a (logical name, mesh axes) pair")
+        name, axes = entry
+        names = axes if isinstance(axes, (tuple, list)) else (axes,)
+        unknown = [a for a in names if a is not None and a not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"config.mesh.logical_axis_rules: {name!r} -> {axes!r}: {unknown} are not mesh axes "
+                             f"{MESH_AXES}")
+        rules[name] = tuple(axes) if isinstance(axes, list) else axes
+    return tuple(rules.items())
+
+
+def mesh_and_rules(mesh_config) -> tuple[Mesh, tuple]:
+    """A config's mesh section -> (mesh, logical-axis rules)."""
+    mesh = make_mesh(mesh_config["data"], mesh_config["fsdp"], mesh_config["tensor"])
+    return mesh, merge_rules(mesh_config.get("logical_axis_rules", ()) or ())
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Mesh axis sizes; -1 means 'all remaining devices' (at most one axis)."""

@@ -17,7 +17,8 @@ pytest.importorskip("tokenizers", reason="HF tokenizer tests need the tokenizers
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from jaxlm.convert import import_hf, load_hf, load_tokenizer, save_hf  # noqa: E402
+from jaxlm.convert import import_hf, load_hf, save_hf  # noqa: E402
+from jaxlm.data import load_tokenizer  # noqa: E402
 from jaxlm.convert.__main__ import main as convert_main  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 

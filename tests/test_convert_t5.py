@@ -232,7 +232,7 @@ def test_appended_sentinels_match_t5tokenizer(tmp_path):
     model_dir.mkdir()
     shutil.copy(tmp_path / "sp.model", model_dir / "spiece.model")
     (model_dir / "tokenizer_config.json").write_text('{"extra_ids": 100}')
-    from jaxlm.convert import load_tokenizer
+    from jaxlm.data import load_tokenizer
 
     ours = load_tokenizer(str(model_dir), "t5")
     theirs = transformers.T5Tokenizer.from_pretrained(str(model_dir))

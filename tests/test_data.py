@@ -1,5 +1,5 @@
-"""Data: TFDS array_record corpora (offline, no TensorFlow), bad-data handling, and the grain
-pipelines: batch format per objective, packing, process sharding, exact resume, eval batches."""
+"""Data: TFDS array_record corpora (offline, no TensorFlow), bad-data handling, and each objective's grain
+pipeline: batch format, packing, process sharding, exact resume, eval batches."""
 
 import json
 import threading
@@ -8,12 +8,26 @@ import numpy as np
 import pytest
 
 from jaxlm.data import (
-    BATCH_KEYS, DataNotPreparedError, DataStats, Tokenizer, batch_spec, load_data_source,
-    make_eval_iterator, make_pretraining_iterator, prepare_pydoc, prepare_text_files, train_tokenizer,
+    DataNotPreparedError, DataStats, Tokenizer, load_data_source, prepare_pydoc, prepare_text_files, train_tokenizer,
 )
 from jaxlm.data.corpus import pydoc_documents, split_long_text
+from jaxlm.objectives import get_objective
 
 SEQ_LEN, BATCH, MAX_PRED = 32, 4, 6
+SETTINGS = ("seq_len", "max_predictions", "mask_rate", "whole_word_masking", "nsp_examples_per_document")
+
+
+def _objective(name, kw):
+    """The objective `name` with the settings among `kw` (popped), the rest being stream options."""
+    return get_objective(name).from_config({k: kw.pop(k) for k in list(kw) if k in SETTINGS})
+
+
+def make_pretraining_iterator(source, *, objective, tokenizer, split="train", data_dir=None, **kw):
+    return _objective(objective, kw).iterator(source, tokenizer, split=split, data_dir=data_dir, **kw)
+
+
+def make_eval_iterator(source, *, objective, tokenizer, split="validation", data_dir=None, **kw):
+    return _objective(objective, kw).eval_iterator(source, tokenizer, split=split, data_dir=data_dir, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -115,8 +129,8 @@ def _unmask(batch):
 
 
 def _check_spec(batch, objective):
-    spec = batch_spec(objective, BATCH, SEQ_LEN, MAX_PRED)
-    assert tuple(batch) == BATCH_KEYS[objective]
+    spec = get_objective(objective).from_config(dict(seq_len=SEQ_LEN, max_predictions=MAX_PRED)).batch_spec(BATCH)
+    assert tuple(batch) == tuple(spec)
     for key, (shape, dtype) in spec.items():
         assert batch[key].shape == shape and batch[key].dtype == dtype, key
 
@@ -341,8 +355,8 @@ def test_eval_on_validation_split(tok, pydoc, data_dir):
 
 
 def test_pipeline_errors_name_the_argument(tok, pydoc, data_dir):
-    with pytest.raises(ValueError, match="objective"):
-        _iterator(tok, data_dir, "plm")
+    with pytest.raises(ValueError, match=r"config.objective='mlm_typo' is not an objective; choose one of \[.*'clm'"):
+        _iterator(tok, data_dir, "mlm_typo")
     with pytest.raises(ValueError, match="process_index=2"):
         _iterator(tok, data_dir, "clm", process_index=2, process_count=2)
     with pytest.raises(DataNotPreparedError, match="no split 'nope'|nope"):

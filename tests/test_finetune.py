@@ -19,10 +19,12 @@ from flax.traverse_util import flatten_dict
 from jaxlm import sharding as shd
 from jaxlm.config_defaults import finetune_config, load_config_file
 from jaxlm.models import build_model, get_model_config
-from jaxlm.models.heads import build_task_model
-from jaxlm.objectives import finetuning as ft_losses
+from jaxlm.tasks import EpochBatches, TaskSpec, get_task
+from jaxlm.tasks.finetuning import task_model as build_task_model
+from jaxlm.tasks.finetuning import task_spec
 from jaxlm.train import TrainState, create_train_state, make_checkpoint_manager, save_checkpoint
-from jaxlm.train.backbone import layerwise_lr_scales, restore_backbone
+from jaxlm.train.backbone import layerwise_lr_scales
+from jaxlm.workdir import restore_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
@@ -164,19 +166,23 @@ def test_classification_ignores_padding(family):
 def test_losses_weights_and_values():
     logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [9.0, -9.0]])
     batch = {"labels": jnp.array([0, 0, 1]), "example_weights": jnp.array([1.0, 1.0, 0.0])}
-    loss, metrics = ft_losses.classification_loss({"logits": logits}, batch)
+    def task_loss(task, outputs, batch):
+        spec = TaskSpec(task=task, format="", labels=("0", "1") if task == "classification" else None, pair=False,
+                        style="bert", max_len=8)
+        return get_task(task).loss(spec, outputs, batch)
+
+    loss, metrics = task_loss("classification", {"logits": logits}, batch)
     expected = np.mean([-jax.nn.log_softmax(logits[0])[0], -jax.nn.log_softmax(logits[1])[0]])
     np.testing.assert_allclose(loss, expected, rtol=1e-6)  # the weight-0 padding row does not count
     assert float(metrics["accuracy"]) == 0.5 and float(metrics["num_tokens"]) == 2
 
-    loss, metrics = ft_losses.regression_loss({"logits": jnp.array([1.0, 3.0, 100.0])},
-                                              {"labels": jnp.array([2.0, 3.0, 0.0]),
-                                               "example_weights": jnp.array([1.0, 1.0, 0.0])})
+    loss, metrics = task_loss("regression", {"logits": jnp.array([1.0, 3.0, 100.0])},
+                              {"labels": jnp.array([2.0, 3.0, 0.0]), "example_weights": jnp.array([1.0, 1.0, 0.0])})
     np.testing.assert_allclose(loss, 0.5)
 
     start, end = jnp.log(jnp.array([[0.5, 0.25, 0.25]])), jnp.log(jnp.array([[0.125, 0.125, 0.75]]))
-    loss, metrics = ft_losses.question_answering_loss(
-        {"start_logits": start, "end_logits": end},
+    loss, metrics = task_loss(
+        "question_answering", {"start_logits": start, "end_logits": end},
         {"start_positions": jnp.array([0]), "end_positions": jnp.array([2]), "example_weights": jnp.ones(1)})
     np.testing.assert_allclose(loss, (np.log(2) + np.log(4 / 3)) / 2, rtol=1e-6)
     assert float(metrics["accuracy"]) == 1.0
@@ -199,8 +205,6 @@ def test_layerwise_lr_scales_unrolled_and_scanned():
 
 
 def test_epoch_batches_resume_exactly():
-    from jaxlm.task_pipeline import EpochBatches
-
     features = {"inputs": np.arange(50, dtype=np.int32)[:, None].repeat(4, 1),
                 "example_weights": np.ones(50, np.float32), "example_index": np.arange(50, dtype=np.int32)}
     straight = EpochBatches(features, 16, ("inputs", "example_weights"), seed=3)
@@ -232,7 +236,7 @@ def test_finetune_configs_load_and_fit_their_task(path, monkeypatch):
     import re
 
     from jaxlm import tasks
-    from jaxlm.task_pipeline import task_spec
+    from jaxlm.tasks import readers
 
     asked = []
 
@@ -240,7 +244,7 @@ def test_finetune_configs_load_and_fit_their_task(path, monkeypatch):
         asked.append((name, split))
         return None
 
-    monkeypatch.setattr(tasks, "tfds_label_names", tfds_label_names)
+    monkeypatch.setattr(readers, "tfds_label_names", tfds_label_names)
     module_spec = importlib.util.spec_from_file_location("config_under_test", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -257,13 +261,13 @@ def test_finetune_configs_load_and_fit_their_task(path, monkeypatch):
                 for k, (pattern, parse, fallback) in cited.items()}
     for arg in sorted(getattr(module, "TASKS", {})) or [""]:
         config = load_config_file(f"{path}:{arg}" if arg else path)
-        spec = task_spec(config, config.model.family)
+        spec = task_spec(config, config.model.family or "bert")
         assert spec.task == config.task, arg
         got = {"warmup_ratio": config.optimizer.warmup_ratio, "weight_decay": config.optimizer.weight_decay,
                "num_epochs": config.train.num_epochs}
         assert got == pytest.approx(expected, rel=1e-3), (arg, recipe)
         if config.train.best_metric:
-            assert config.train.best_metric in spec.metric_names, arg
+            assert config.train.best_metric in get_task(spec.task).metric_names(spec), arg
         for key in ("train_file", "eval_file"):
             paths = [config.data[key]] if config.data[key] else []
             if paths and spec.format == "parallel":  # a prefix: PREFIX.<source_field> + PREFIX.<target_field>
@@ -281,9 +285,9 @@ def test_roberta_glue_configs_follow_their_table(monkeypatch):
     import re
 
     from jaxlm import tasks
-    from jaxlm.task_pipeline import task_spec
+    from jaxlm.tasks import readers
 
-    monkeypatch.setattr(tasks, "tfds_label_names", lambda name, split, data_dir=None: None)
+    monkeypatch.setattr(readers, "tfds_label_names", lambda name, split, data_dir=None: None)
     path = os.path.join(ROOT, "configs", "finetune", "roberta_glue.py")
     module_spec = importlib.util.spec_from_file_location("roberta_glue", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -304,7 +308,7 @@ def test_roberta_glue_configs_follow_their_table(monkeypatch):
             "linear", 0.0, 0.0, 1.0)
         assert (config.train.batch_size, config.train.num_epochs) == (row["batch_size"], 10.0)
         assert row["learning_rate"] in (1e-5, 2e-5, 3e-5) and row["batch_size"] in (16, 32)  # the paper's grid
-        assert config.train.best_metric == row["metric"] and row["metric"] in spec.metric_names
+        assert config.train.best_metric == row["metric"] and row["metric"] in get_task(spec.task).metric_names(spec)
         assert config.model.family == "roberta" and config.model.hidden_dropout == 0.1
         if task in local:
             assert config.data.tfds_name == ""
@@ -331,8 +335,6 @@ def test_roberta_glue_configs_follow_their_table(monkeypatch):
 
 
 def test_task_must_fit_format():
-    from jaxlm.task_pipeline import task_spec
-
     config = finetune_config()
     config.data.format = "stsb"
     with pytest.raises(ValueError, match=r"config.task='classification' does not fit .*\(set --config.task=regr"):
@@ -447,7 +449,7 @@ def test_sst2_end_to_end_with_evaluate_and_predict(pretrained, tmp_path):
 def test_resume_is_exact(pretrained, tmp_path):
     """A run resumed from its epoch-1 checkpoint (data position included) ends with bitwise the same params as
     the uninterrupted run; layer-wise lr decay on."""
-    from jaxlm.train import read_state
+    from jaxlm.workdir import read_state
 
     workdir = tmp_path / "run"
     common = {"data.train_limit": 320, "data.eval_limit": 64, "train.num_epochs": 2.0, "train.keep_checkpoints": 2,

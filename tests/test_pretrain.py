@@ -43,7 +43,7 @@ def train_losses(workdir):
 
 def final_params(workdir):
     """The latest checkpoint's step and params, read onto one device whatever mesh wrote them."""
-    from jaxlm.train.checkpoint import read_state
+    from jaxlm.workdir import read_state
 
     state = read_state(str(workdir))
     return int(state["step"]), jax.tree.map(np.asarray, state["params"])

@@ -213,7 +213,8 @@ def _seq2seq_config(**data):
 
 
 def test_seq2seq_config_errors():
-    from jaxlm.task_pipeline import task_spec
+    from jaxlm.tasks import get_task
+    from jaxlm.tasks.finetuning import task_spec
 
     spec = task_spec(_seq2seq_config(), "t5")
     assert (spec.task, spec.encoder_decoder, spec.text_metrics, spec.row_len) == ("seq2seq", True, ("bleu",), 128)
@@ -227,21 +228,22 @@ def test_seq2seq_config_errors():
         task_spec(_seq2seq_config(metrics=("sacrebleu",)), "t5")
     config = _seq2seq_config()
     config.task = "classification"
-    with pytest.raises(ValueError, match=r"holds text pairs: set --config.task=seq2seq"):
+    with pytest.raises(ValueError, match=r"is a seq2seq format \(set --config.task=seq2seq\)"):
         task_spec(config, "t5")
     config = _seq2seq_config()
     config.data.format = "conll2003"
-    with pytest.raises(ValueError, match=r"reads config.data.format in \('parallel', 'tsv', 'csv', 'jsonl'\) "
-                                         r"\(text pairs\) or .*'mrpc'.*'squad'\) \(T5's text-to-text"):
+    with pytest.raises(ValueError, match=r"config.data.format='conll2003', which is a token_classification format "
+                                         r"\(set --config.task=token_classification\)"):
         task_spec(config, "t5")
     config.data.format = "mrpc"  # T5's text-to-text MRPC: GLUE's metrics on the generated words
     spec = task_spec(config, "t5")
-    assert (spec.task, spec.text_metrics, spec.best_metric()) == ("seq2seq", ("accuracy", "f1"), "f1")
+    assert (spec.task, spec.text_metrics, get_task("seq2seq").best_metric(spec)) == ("seq2seq", ("accuracy", "f1"), "f1")
 
 
 def test_decoder_only_rows_must_fit_the_position_table():
     from jaxlm.models import get_model_config
-    from jaxlm.task_pipeline import check_fits, task_spec
+    from jaxlm.tasks import get_task
+    from jaxlm.tasks.finetuning import task_spec
 
     spec = task_spec(_seq2seq_config(max_len=40, max_target_len=30), "gpt2")
     model_config = get_model_config("gpt2", None, **TINY_GPT2, vocab_size=1000)
@@ -250,7 +252,7 @@ def test_decoder_only_rows_must_fit_the_position_table():
         vocab_size = 1000
 
     with pytest.raises(ValueError, match=r"max_len \+ max_target_len - 1 = 69 .* exceeds the 64 positions"):
-        check_fits(spec, model_config, Tok())
+        get_task(spec.task).check_fits(spec, model_config, Tok())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from synthetic import clm_batch
+
 from jaxlm import sharding as shd
 from jaxlm.models import build_model, get_model_config
-from jaxlm.objectives import clm, mlm
-from jaxlm.objectives.pretraining import make_pretraining_loss
+from jaxlm.objectives import get_objective, mlm
 from jaxlm.train import create_train_state, jit_train_step, make_train_step
 
 VOCAB, L, B = 128, 16, 8
@@ -25,9 +26,7 @@ def batches(objective, n):
     for _ in range(n):
         if objective == "clm":
             docs = [rng.integers(10, VOCAB, k) for k in rng.integers(3, 20, 24)]
-            rows = clm.pack_documents(docs, L)[:B]
-            assert len(rows) == B
-            out.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+            out.append(clm_batch(docs, L, B))
         else:
             ids = rng.integers(10, VOCAB, (B, L))
             ids[:, 0] = 4
@@ -47,7 +46,7 @@ def run_steps(family, objective, mesh_shape, scan):
     data = batches(objective, STEPS)
     state, layout = create_train_state(lambda rng: model.init(rng, data[0]["inputs"][:1]), tx, jax.random.key(0),
                                        mesh)
-    step = jit_train_step(make_train_step(make_pretraining_loss(objective, model), tx), layout,
+    step = jit_train_step(make_train_step(get_objective(objective)(seq_len=L).loss_fn(model), tx), layout,
                           shd.batch_sharding(mesh), mesh)
     losses = []
     for batch in data:

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxlm.data import batch_spec, make_eval_iterator, make_pretraining_iterator, train_tokenizer
+from jaxlm.data import train_tokenizer
 from jaxlm.data.corpus import pydoc_documents
-from jaxlm.objectives.span_corruption import (compute_input_and_target_lengths, noise_span_counts,
+from jaxlm.objectives.span_corruption import (SpanCorruption, compute_input_and_target_lengths, noise_span_counts,
                                               random_spans_noise_mask, span_corruption_example, uncorrupt)
 
 SENTINELS = tuple(range(7, 107))  # jaxlm's layout: <extra_id_0> is id 7
@@ -126,9 +126,9 @@ def tok(tmp_path_factory):
 
 def test_pipeline_batches_cover_the_whole_stream_and_follow_the_spec(tok):
     chunk_length, targets_length = compute_input_and_target_lengths(SEQ_LEN)
-    batches = list(make_eval_iterator(DOCS, tokenizer=tok, objective="span_corruption", seq_len=SEQ_LEN,
-                                      batch_size=BATCH))
-    spec = batch_spec("span_corruption", BATCH, SEQ_LEN, 0)
+    objective = SpanCorruption(seq_len=SEQ_LEN)
+    batches = list(objective.eval_iterator(DOCS, tok, batch_size=BATCH))
+    spec = objective.batch_spec(BATCH)
     assert spec["targets"][0] == (BATCH, targets_length) and spec["inputs"][0] == (BATCH, SEQ_LEN)
     for batch in batches:
         assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
@@ -140,14 +140,12 @@ def test_pipeline_batches_cover_the_whole_stream_and_follow_the_spec(tok):
     expected = np.concatenate([tok.encode(d) for d in DOCS])
     np.testing.assert_array_equal(stream, expected)
     assert len(rows) == -(-len(expected) // chunk_length)
-    again = list(make_eval_iterator(DOCS, tokenizer=tok, objective="span_corruption", seq_len=SEQ_LEN,
-                                    batch_size=BATCH))
+    again = list(objective.eval_iterator(DOCS, tok, batch_size=BATCH))
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(batches, again) for k in a)  # fixed noise in eval
 
 
 def test_pipeline_resumes_exactly(tok):
-    make = lambda seed=0: make_pretraining_iterator(  # noqa: E731
-        DOCS, tokenizer=tok, objective="span_corruption", seq_len=SEQ_LEN, batch_size=BATCH, seed=seed)
+    make = lambda seed=0: SpanCorruption(seq_len=SEQ_LEN).iterator(DOCS, tok, batch_size=BATCH, seed=seed)  # noqa: E731
     it = make()
     for _ in range(7):  # a few epochs of the tiny corpus in
         next(it)
@@ -165,5 +163,4 @@ def test_pipeline_resumes_exactly(tok):
 def test_pipeline_needs_a_tokenizer_with_sentinels(tmp_path):
     plain = train_tokenizer(iter(TEXTS), tmp_path / "plain", vocab_size=300)
     with pytest.raises(ValueError, match="0 sentinel tokens.*num_sentinels=100"):
-        make_pretraining_iterator(DOCS, tokenizer=plain, objective="span_corruption", seq_len=SEQ_LEN,
-                                  batch_size=BATCH)
+        SpanCorruption(seq_len=SEQ_LEN).iterator(DOCS, plain, batch_size=BATCH)

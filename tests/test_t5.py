@@ -222,11 +222,12 @@ def test_span_corruption_pretraining_through_the_cli_loss_falls_and_exports_to_h
 
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from jaxlm.convert import export_workdir, read_workdir
+    from jaxlm.convert import export_workdir
+    from jaxlm.workdir import read_lm
 
     export_workdir(str(workdir), str(tmp_path / "hf"))
     hf = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
-    config, params, _, _ = read_workdir(str(workdir))
+    config, params, _, _ = read_lm(str(workdir))
     enc, dec = random_ids(config.vocab_size, (2, 10)), random_ids(config.vocab_size, (2, 5), 1)
     with torch.no_grad():
         ref = hf(input_ids=torch.tensor(np.asarray(enc)), decoder_input_ids=torch.tensor(np.asarray(dec))).logits

@@ -28,7 +28,7 @@ def sp(tmp_path_factory) -> Tokenizer:
 @pytest.fixture(scope="module")
 def wordpiece(tmp_path_factory):
     """A BERT-style WordPiece tokenizer (HFTokenizer) with a vocabulary of letters and a few words."""
-    from jaxlm.convert.tokenizers import load_tokenizer
+    from jaxlm.data import load_tokenizer
 
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
     words = ["the", "of", "and", "in", "to", "was", "super", "bowl", "denver", "broncos", "##s", "##ing", "##ed"]
@@ -199,7 +199,7 @@ def test_tfds_sources_map_records_and_say_when_not_prepared(tmp_path, monkeypatc
     assert tasks.GLUE_LAYOUTS["mnli"].labels == ("contradiction", "entailment", "neutral")
     assert [(e.text_a, e.text_b, e.label) for e in glue] == [("A b.", "C d.", 2), ("E.", "F.", None), ("G.", "H.", 0)]
     from jaxlm.config_defaults import finetune_config
-    from jaxlm.task_pipeline import task_spec
+    from jaxlm.tasks.finetuning import task_spec
 
     config = finetune_config()
     config.data.format, config.data.tfds_name = "mnli", "glue/mnli"

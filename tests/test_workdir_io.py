@@ -15,6 +15,7 @@ import pytest
 from etils import epath
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
+from orbax.checkpoint._src.path import gcs_utils
 
 from jaxlm.train import metrics as mx
 
@@ -43,6 +44,8 @@ def bucket(tmp_path, monkeypatch):
     fs.store, fs.pseudo_dirs = {}, [""]
     monkeypatch.setenv("EPATH_USE_TF", "0")  # gs:// through epath's fsspec backend, as without TensorFlow
     monkeypatch.setattr(epath_backend.fsspec_backend, "fs", lambda path: fs)
+    # Orbax asks the real bucket (google-cloud-storage) whether it has a hierarchical namespace: this one has not
+    monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
     for name in ("cwd", "tmp"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
@@ -96,19 +99,19 @@ def test_metrics_tensorboard_summary_and_plot_go_to_the_bucket(bucket):
 def test_pretraining_tokenizer_is_trained_into_and_read_from_the_bucket(bucket, monkeypatch):
     from ml_collections import ConfigDict
 
-    from jaxlm import data, pretrain
+    from jaxlm.data import corpus, sources as data_sources
 
     sources = sorted(glob.glob(os.path.join(os.path.dirname(mx.__file__), "..", "**", "*.py"), recursive=True))
     texts = [{"text": epath.Path(f).read_text()} for f in sources]
-    monkeypatch.setattr(data, "load_data_source", lambda *args: texts)
-    config = ConfigDict(dict(data=dict(tokenizer="", train_split="train", data_dir="unused", tokenizer_vocab_size=300,
-                                       tokenizer_model_type="unigram", tokenizer_num_sentinels=0)))
+    monkeypatch.setattr(corpus, "load_data_source", lambda *args: texts)
+    data = ConfigDict(dict(tokenizer="", tokenizer_extra_ids=0, train_split="train", data_dir="unused",
+                           tokenizer_vocab_size=300, tokenizer_model_type="unigram", tokenizer_num_sentinels=0))
 
-    trained = pretrain.load_or_train_tokenizer(config, ROOT, "code")
+    trained = data_sources.load_or_train_tokenizer(data, ROOT, "code")
     assert trained.model_file == ROOT + "/tokenizer.model"
     assert epath.Path(ROOT, "tokenizer.vocab").exists()
-    monkeypatch.setattr(data, "load_data_source", lambda *args: pytest.fail("trained again"))  # a resumed run reads it
-    again = pretrain.load_or_train_tokenizer(config, ROOT, "code")
+    monkeypatch.setattr(corpus, "load_data_source", lambda *args: pytest.fail("trained again"))  # a resumed run reads it
+    again = data_sources.load_or_train_tokenizer(data, ROOT, "code")
     assert again.model_file == trained.model_file and again.vocab_size == trained.vocab_size == 300
     assert again.encode("def f(x): return x") == trained.encode("def f(x): return x")
 
@@ -159,15 +162,15 @@ def word_level_tokenizer_json() -> str:
 
 
 def test_a_pretraining_runs_tokenizer_in_the_bucket_is_found_loaded_and_copied(bucket, sp_model):
-    from jaxlm import task_pipeline as tp
     from jaxlm.data import Tokenizer
+    from jaxlm.data import tokenizer_io as tp
 
     local = Tokenizer(sp_model)
     pretrain = put("gs://bucket/pretrain/tokenizer.model", epath.Path(sp_model).read_bytes())
-    assert tp.checkpoint_tokenizer_path("gs://bucket/pretrain", None) == pretrain
-    assert tp.checkpoint_tokenizer_path("gs://bucket/other", {"tokenizer_file": pretrain}) == pretrain
+    assert tp.find_run_tokenizer("gs://bucket/pretrain", None) == pretrain
+    assert tp.find_run_tokenizer("gs://bucket/other", {"tokenizer_file": pretrain}) == pretrain
     with pytest.raises(FileNotFoundError, match="no tokenizer found"):
-        tp.checkpoint_tokenizer_path("gs://bucket/other", {"tokenizer_file": "gs://bucket/none.model"})
+        tp.find_run_tokenizer("gs://bucket/other", {"tokenizer_file": "gs://bucket/none.model"})
 
     remote = tp.load_tokenizer(pretrain, "bert")
     assert remote.model_file == pretrain and remote.vocab_size == local.vocab_size == 300
@@ -178,32 +181,32 @@ def test_a_pretraining_runs_tokenizer_in_the_bucket_is_found_loaded_and_copied(b
     with pytest.raises(FileNotFoundError, match="gs://bucket/none.model"):
         Tokenizer("gs://bucket/none.model")
 
-    saved = tp.save_tokenizer(pretrain, "gs://bucket/finetune")
+    saved = tp.keep_tokenizer(pretrain, "gs://bucket/finetune")
     assert saved == "gs://bucket/finetune/tokenizer.model"
     assert epath.Path(saved).read_bytes() == epath.Path(sp_model).read_bytes()
-    assert tp.save_tokenizer(saved, "gs://bucket/finetune") == saved  # a resumed run: onto itself, untouched
-    assert tp.save_tokenizer(sp_model, "gs://bucket/from-local") == "gs://bucket/from-local/tokenizer.model"
+    assert tp.keep_tokenizer(saved, "gs://bucket/finetune") == saved  # a resumed run: onto itself, untouched
+    assert tp.keep_tokenizer(sp_model, "gs://bucket/from-local") == "gs://bucket/from-local/tokenizer.model"
     assert epath.Path("gs://bucket/from-local/tokenizer.model").read_bytes() == epath.Path(sp_model).read_bytes()
 
 
 def test_hf_tokenizer_directories_in_the_bucket(bucket, sp_model):
-    from jaxlm import generate
-    from jaxlm import task_pipeline as tp
-    from jaxlm.convert.tokenizers import HFTokenizer, copy_tokenizer_files
+    from jaxlm import workdir as wd
     from jaxlm.data import Tokenizer
+    from jaxlm.data import tokenizer_io as tp
+    from jaxlm.data.hf_tokenizer import HFTokenizer, copy_tokenizer_files
 
     imported = "gs://bucket/imported"
     put(f"{imported}/tokenizer/tokenizer.json", word_level_tokenizer_json())
     put(f"{imported}/tokenizer/tokenizer_config.json", json.dumps({"eos_token": "</s>"}))
-    assert tp.checkpoint_tokenizer_path(imported, None) == f"{imported}/tokenizer"
-    assert generate.find_tokenizer(imported, {"tokenizer_dir": "tokenizer"}) == f"{imported}/tokenizer"
+    assert tp.find_run_tokenizer(imported, None) == f"{imported}/tokenizer"
+    assert tp.find_run_tokenizer(imported, {"tokenizer_dir": "tokenizer"}) == f"{imported}/tokenizer"
     for tokenizer in (tp.load_tokenizer(f"{imported}/tokenizer", "gpt2"),
-                      generate.load_tokenizer(f"{imported}/tokenizer", "gpt2")):
+                      wd.tokenizer_of(imported, {"tokenizer_dir": "tokenizer"}, "gpt2")[0]):
         assert isinstance(tokenizer, HFTokenizer) and tokenizer.kind == "tokenizer_json"
         assert tokenizer.model_file == f"{imported}/tokenizer/tokenizer.json"
         assert tokenizer.encode("hello bucket world") == [4, 5, 6] and tokenizer.eos_id == 3
 
-    copied = tp.save_tokenizer(f"{imported}/tokenizer", "gs://bucket/finetune")
+    copied = tp.keep_tokenizer(f"{imported}/tokenizer", "gs://bucket/finetune")
     assert copied == "gs://bucket/finetune/tokenizer"
     assert sorted(p.name for p in epath.Path(copied).iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert tp.load_tokenizer(copied, "gpt2").encode("world hello") == [6, 4]
@@ -227,11 +230,10 @@ def test_an_import_written_to_the_bucket_is_read_back_for_fine_tuning_and_genera
     does not write to this fake bucket)."""
     import dataclasses
 
-    from jaxlm import generate
+    from jaxlm import workdir as wd
     from jaxlm.convert import hf
     from jaxlm.models import get_model_config
     from jaxlm.train import checkpoint
-    from jaxlm.train.backbone import read_backbone_config
 
     saved_by_orbax = {}
 
@@ -244,7 +246,7 @@ def test_an_import_written_to_the_bucket_is_read_back_for_fine_tuning_and_genera
 
     def save_checkpoint(manager, step, state, config):
         saved_by_orbax[step] = config
-        put(f"{workdir}/checkpoints/{step}/state/_METADATA", "{}")  # what checkpoint_step_dir looks for
+        put(f"{workdir}/checkpoints/{step}/state/_METADATA", "{}")  # what workdir.step_dir looks for
         return True
 
     monkeypatch.setattr(checkpoint, "make_checkpoint_manager", lambda *args, **kwargs: Manager())
@@ -263,14 +265,14 @@ def test_an_import_written_to_the_bucket_is_read_back_for_fine_tuning_and_genera
     assert json.loads(epath.Path(workdir, hf.CONFIG_FILE).read_text()) == written
     assert [p.name for p in epath.Path(workdir, "tokenizer").iterdir()] == ["tokenizer.json"]
 
-    model_config, saved = read_backbone_config(f"{workdir}/checkpoints/0")  # no config item: jaxlm_config.json
+    model_config, saved = wd.read_model_config(f"{workdir}/checkpoints/0")  # no config item: jaxlm_config.json
     assert model_config == config and saved == written
     assert dataclasses.asdict(model_config) == written["model_config"]
-    tokenizer = generate.load_tokenizer(generate.find_tokenizer(workdir, saved), model_config.family)
+    tokenizer, _ = wd.tokenizer_of(workdir, saved, model_config.family)
     assert tokenizer.encode("hello world") == [4, 6]
     epath.Path(workdir, hf.CONFIG_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=f"{workdir}/jaxlm_config.json is absent"):
-        read_backbone_config(f"{workdir}/checkpoints/0")
+        wd.read_model_config(f"{workdir}/checkpoints/0")
 
 
 def test_json_and_jsonl_files_in_the_bucket(bucket, monkeypatch, capsys):
@@ -279,10 +281,10 @@ def test_json_and_jsonl_files_in_the_bucket(bucket, monkeypatch, capsys):
     from absl import flags
 
     from jaxlm import finetune, generate, predict
-    from jaxlm import task_pipeline as tp
     from jaxlm.tasks import BadInputError
+    from jaxlm.tasks.finetuning import write_json
 
-    tp.write_json(f"{ROOT}/eval_dev.json", {"accuracy": 0.75, "file": "gs://bucket/dev.jsonl"})
+    write_json(f"{ROOT}/eval_dev.json", {"accuracy": 0.75, "file": "gs://bucket/dev.jsonl"})
     assert json.loads(epath.Path(ROOT, "eval_dev.json").read_text()) == {"accuracy": 0.75,
                                                                          "file": "gs://bucket/dev.jsonl"}
 

@@ -10,19 +10,16 @@ per row) does not.
 
 Data licence: Reuters text, research use only (../shared/data/README.md).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data
 
-from jaxlm.config_defaults import finetune_config
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def get_config():
     c = finetune_config()
     c.task = "token_classification"
     c.data.format = "conll2003"
-    c.data.train_file = os.path.join(DATA, "conll2003", "eng.train")
-    c.data.eval_file = os.path.join(DATA, "conll2003", "eng.testa")
+    c.data.train_file = shared_data("conll2003", "eng.train")
+    c.data.eval_file = shared_data("conll2003", "eng.testa")
     c.data.max_len = 128
     c.optimizer.learning_rate = 5e-5
     c.train.batch_size = 32

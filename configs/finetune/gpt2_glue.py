@@ -21,11 +21,8 @@ done here.
 Reproduces: GPT paper tables 2 and 3 (GLUE test): MNLI-m 82.1, QNLI 88.1, RTE 56.0, CoLA MCC 45.4, SST-2 91.3,
 MRPC F1 82.3, STS-B Pearson 82.0, QQP F1 70.3 (GLUE score 72.8).
 """
-import os
-
 from jaxlm.config_defaults import finetune_config, use_glue_data
 
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 # task -> the dev metric that keeps the best checkpoint and GPT's reported test score (x100) in that metric (where
 # the data is: config_defaults.use_glue_data).
@@ -51,7 +48,7 @@ def get_config(task: str = "rte"):
     c.task = "regression" if key == "stsb" else "classification"
     c.model.family, c.model.size = "gpt2", "small"  # only without init_checkpoint
     c.data.style = "gpt2"
-    use_glue_data(c, key, os.path.join(DATA, "glue"))
+    use_glue_data(c, key)
     c.data.max_len = 128
     c.head.dropout = 0.1
     c.optimizer.update(learning_rate=6.25e-5, warmup_ratio=0.002, schedule="linear", end_learning_rate=0.0,

@@ -9,19 +9,16 @@ Data licence: MRPC is under the Microsoft Research Shared Source licence, non-co
 (see ../shared/data/glue/MRPC/MSR_Shared_Source_License.htm).
 Reproduces: BERT paper table 1 (GLUE test), MRPC F1 88.9 (BERT-base) / 89.3 (BERT-large).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data
 
-from jaxlm.config_defaults import finetune_config
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def get_config():
     c = finetune_config()
     c.task = "classification"
     c.data.format = "mrpc"
-    c.data.train_file = os.path.join(DATA, "glue", "MRPC", "train.tsv")
-    c.data.eval_file = os.path.join(DATA, "glue", "MRPC", "dev.tsv")
+    c.data.train_file = shared_data("glue", "MRPC", "train.tsv")
+    c.data.eval_file = shared_data("glue", "MRPC", "dev.tsv")
     c.data.max_len = 128
     c.optimizer.learning_rate = 2e-5
     c.train.batch_size = 32

@@ -33,12 +33,8 @@ recipe; GPT-2's paper fine-tunes nothing).
 Reproduces: no published T5 / GPT-2 number on Multi30k. Copying the source scores BLEU 0.49 on val and 0.48 on
 test_2016_flickr; tests/test_seq2seq.py's tiny models trained from scratch for two epochs beat that.
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data, use_t5_finetuning_recipe
 
-from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
-
-MULTI30K = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
-                                         "data", "multi30k"))
 FAMILIES = ("t5", "gpt2")
 
 
@@ -50,8 +46,8 @@ def get_config(family: str = "t5"):
     c.task = "seq2seq"
     c.model.family = family  # only without init_checkpoint; the checkpoint's own family otherwise
     c.data.format = "parallel"
-    c.data.train_file = os.path.join(MULTI30K, "train_first5000")
-    c.data.eval_file = os.path.join(MULTI30K, "val")
+    c.data.train_file = shared_data("multi30k", "train_first5000")
+    c.data.eval_file = shared_data("multi30k", "val")
     c.data.source_field, c.data.target_field = "en", "de"
     c.data.max_len = 64
     c.data.max_target_len = 64

@@ -50,11 +50,8 @@ also logs F1 (MRPC, QQP) and Spearman (STS-B).
     cola   1e-5   16     matthews_corrcoef              68.0                    63.6
     stsb   2e-5   16     pearson                        92.4                    91.2
 """
-import os
-
 from jaxlm.config_defaults import finetune_config, use_glue_data
 
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 # Per task: fairseq's lr / batch, the dev metric that picks the kept checkpoint and the dev scores reproduced (x100)
 # (where the data is: config_defaults.use_glue_data, a GLUE folder of ../shared/data or TFDS glue/<task>).
@@ -83,7 +80,7 @@ def get_config(task: str = ""):
     c.model.hidden_dropout = 0.1
     c.model.attention_dropout = 0.1
     c.data.style = "roberta"  # <s> a </s></s> b </s>
-    use_glue_data(c, key, os.path.join(DATA, "glue"))
+    use_glue_data(c, key)
     c.data.max_len = 512
     c.optimizer.learning_rate = t["learning_rate"]
     c.optimizer.warmup_ratio = 0.06

@@ -8,11 +8,8 @@ Only the dev file is in ../shared/data (train-v1.1.json is ~30 MB): pass the tra
     --config.data.train_file=squad/train-v1.1.json
 Reproduces: BERT paper table 2, SQuAD v1.1 dev EM 80.8 / F1 88.5 (BERT-base), 84.1 / 90.9 (BERT-large).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data
 
-from jaxlm.config_defaults import finetune_config
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def get_config():
@@ -20,7 +17,7 @@ def get_config():
     c.task = "question_answering"
     c.data.format = "squad"
     c.data.train_file = ""
-    c.data.eval_file = os.path.join(DATA, "squad", "dev-v1.1.json")
+    c.data.eval_file = shared_data("squad", "dev-v1.1.json")
     c.data.max_len = 384
     c.data.doc_stride = 128
     c.data.max_query_len = 64

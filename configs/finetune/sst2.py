@@ -7,19 +7,16 @@ dropout 0.1, max sequence length 128.
     python -m jaxlm.finetune --config=configs/finetune/sst2.py --config.init_checkpoint=RUN --workdir=runs/sst2
 Reproduces: BERT paper table 1 (GLUE test), SST-2 accuracy 93.5 (BERT-base) / 94.9 (BERT-large).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data
 
-from jaxlm.config_defaults import finetune_config
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def get_config():
     c = finetune_config()
     c.task = "classification"
     c.data.format = "sst2"
-    c.data.train_file = os.path.join(DATA, "glue", "SST-2", "train.tsv")
-    c.data.eval_file = os.path.join(DATA, "glue", "SST-2", "dev.tsv")
+    c.data.train_file = shared_data("glue", "SST-2", "train.tsv")
+    c.data.eval_file = shared_data("glue", "SST-2", "dev.tsv")
     c.data.max_len = 128
     c.optimizer.learning_rate = 2e-5
     c.train.batch_size = 32

@@ -6,19 +6,16 @@ Hyperparameters: the BERT paper's GLUE recipe (Devlin et al. 2019, section 4.1 a
 0.1, max sequence length 128.
 Reproduces: BERT paper table 1 (GLUE test), STS-B Spearman 85.8 (BERT-base) / 86.5 (BERT-large).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data
 
-from jaxlm.config_defaults import finetune_config
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 
 def get_config():
     c = finetune_config()
     c.task = "regression"
     c.data.format = "stsb"
-    c.data.train_file = os.path.join(DATA, "glue", "STS-B", "train.tsv")
-    c.data.eval_file = os.path.join(DATA, "glue", "STS-B", "dev.tsv")
+    c.data.train_file = shared_data("glue", "STS-B", "train.tsv")
+    c.data.eval_file = shared_data("glue", "STS-B", "dev.tsv")
     c.data.max_len = 128
     c.optimizer.learning_rate = 2e-5
     c.train.batch_size = 32

@@ -20,11 +20,8 @@ Reproduces: T5 paper table 14, GLUE test average 77.4 (T5-Small) / 82.7 (T5-Base
 in the same table. The paper's GLUE models were fine-tuned from the multi-task pre-trained checkpoint that the
 released t5-small / t5-base are, as here.
 """
-import os
-
 from jaxlm.config_defaults import finetune_config, use_glue_data, use_t5_finetuning_recipe
 
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 
 # task -> the dev metric that keeps the best checkpoint (where the data is: config_defaults.use_glue_data).
 TASKS = {"cola": "matthews_corrcoef", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
@@ -40,7 +37,7 @@ def get_config(task: str = "mrpc"):
     c = finetune_config()
     c.task = "seq2seq"
     c.model.family, c.model.size = "t5", "small"  # only without init_checkpoint
-    use_glue_data(c, key, os.path.join(DATA, "glue"))
+    use_glue_data(c, key)
     c.data.max_len = 512
     c.data.max_target_len = 8
     c.generation.num_beams = 1

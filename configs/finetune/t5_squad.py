@@ -16,11 +16,8 @@ best one is kept); greedy decoding. Inputs of 512 tokens (longer paragraphs are 
 up to 32 tokens.
 Reproduces: T5 paper table 14, SQuAD v1.1 dev EM / F1: 79.10 / 87.24 (T5-Small), 85.44 / 92.08 (T5-Base).
 """
-import os
+from jaxlm.config_defaults import finetune_config, shared_data, use_t5_finetuning_recipe
 
-from jaxlm.config_defaults import finetune_config, use_t5_finetuning_recipe
-
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data"))
 REPORTED = {"small": (79.10, 87.24), "base": (85.44, 92.08)}  # table 14: dev EM, F1
 
 
@@ -30,7 +27,7 @@ def get_config():
     c.model.family, c.model.size = "t5", "small"  # only without init_checkpoint
     c.data.format = "squad"
     c.data.train_file = ""  # train-v1.1.json, or --config.data.tfds_name=squad
-    c.data.eval_file = os.path.join(DATA, "squad", "dev-v1.1.json")
+    c.data.eval_file = shared_data("squad", "dev-v1.1.json")
     c.data.max_len = 512
     c.data.max_target_len = 32
     use_t5_finetuning_recipe(c)

@@ -11,9 +11,7 @@ def get_config():
     c.objective = "clm"
     c.model.family = "gpt2"
     c.model.size = ""
-    with c.model.unlocked():
-        c.model.update(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024,
-                       max_position_embeddings=256)
+    c.model.update(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024, max_position_embeddings=256)
     c.data.dataset = "jaxlm_pydoc"
     c.data.tokenizer_vocab_size = 2000
     c.data.tokenizer_model_type = "bpe"

@@ -13,8 +13,7 @@ def get_config():
     c.objective = "span_corruption"
     c.model.family = "t5"
     c.model.size = ""
-    with c.model.unlocked():
-        c.model.update(d_model=256, d_kv=64, d_ff=1024, num_heads=4, num_layers=3, dropout_rate=0.0)
+    c.model.update(d_model=256, d_kv=64, d_ff=1024, num_heads=4, num_layers=3, dropout_rate=0.0)
     c.data.dataset = "jaxlm_pydoc"
     c.data.tokenizer_vocab_size = 2000
     c.data.tokenizer_num_sentinels = 100

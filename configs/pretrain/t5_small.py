@@ -28,8 +28,7 @@ def get_config():
     c.model.family = "t5"
     c.model.size = SIZE
     c.model.dtype = "bfloat16"
-    with c.model.unlocked():
-        c.model.vocab_size = 32128
+    c.model.vocab_size = 32128
     c.data.dataset = "c4/en"
     c.data.tokenizer_vocab_size = 32100
     c.data.tokenizer_num_sentinels = 100
@@ -42,9 +41,8 @@ def get_config():
     c.optimizer.warmup_steps = 10_000
     c.optimizer.weight_decay = 0.0
     c.optimizer.max_grad_norm = 0.0
-    with c.optimizer.unlocked():
-        c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
-                           adafactor_multiply_by_parameter_scale=True, adafactor_factored=True)
+    c.optimizer.update(adafactor_decay_rate=0.8, adafactor_clipping_threshold=1.0,
+                       adafactor_multiply_by_parameter_scale=True, adafactor_factored=True)
     c.train.batch_size = 128
     c.train.num_steps = 2 ** 19
     c.train.log_every = 100

@@ -9,9 +9,6 @@ Command line (writes / reads jaxlm workdirs, see `python -m jaxlm.convert --help
     python -m jaxlm.convert from-hf --model_dir DIR --workdir OUT [--scan_layers]
     python -m jaxlm.convert to-hf --workdir RUN [--step N] --out DIR
 """
-from jaxlm.convert.hf import (ConversionReport, Imported, export_workdir, import_hf, load_hf, read_workdir,
-                              save_hf, write_workdir)
-from jaxlm.convert.tokenizers import HFTokenizer, load_tokenizer
+from jaxlm.convert.hf import ConversionReport, Imported, export_workdir, import_hf, load_hf, save_hf, write_workdir
 
-__all__ = ["ConversionReport", "HFTokenizer", "Imported", "export_workdir", "import_hf", "load_hf",
-           "load_tokenizer", "read_workdir", "save_hf", "write_workdir"]
+__all__ = ["ConversionReport", "Imported", "export_workdir", "import_hf", "load_hf", "save_hf", "write_workdir"]

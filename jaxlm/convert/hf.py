@@ -8,8 +8,8 @@ error for the backbone; heads (MLM, NSP, pooler) are initialised fresh and repor
 Export (`save_hf`): the same table backwards, writing config.json + model.safetensors. Tied copies are
 omitted, as transformers >= 5 does itself; from_pretrained re-ties them.
 
-Workdirs (`write_workdir`, `read_workdir`): the Orbax layout of jaxlm.train.checkpoint, so that fine-tuning
-and `to-hf` read an imported model and a pretraining run the same way.
+Workdirs (`write_workdir`): the Orbax layout of jaxlm.train.checkpoint, so that fine-tuning and `to-hf` read an
+imported model and a pretraining run the same way (through jaxlm.workdir).
 """
 from __future__ import annotations
 
@@ -22,19 +22,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxlm.convert import hf_io, hf_tables
-from jaxlm.convert.tokenizers import copy_tokenizer_files, load_tokenizer
+from jaxlm import workdir as wd
+from jaxlm.convert import hf_io, hf_registry, hf_tables
+from jaxlm.data.hf_tokenizer import copy_tokenizer_files, load_hf_tokenizer
 from jaxlm.layers import stack_layers, unstack_layers
-from jaxlm.models import T5Config, build_model, get_model_config
+from jaxlm.models import family_of, get_model_config
+from jaxlm.paths import open_text
+from jaxlm.train import checkpoint
+from jaxlm.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_SUBDIR = "tokenizer"
-CONFIG_FILE = "jaxlm_config.json"
+CONFIG_FILE = wd.CONFIG_FILE
 # Parameters the checkpoint may lack: initialised fresh and reported. Anything else missing is an error.
-HEAD_PARAMS = ("mlm_head/", "nsp_head/", "bert/pooler/")
+HEAD_PARAMS = ("mlm_head/", "nsp_head/", "bert/pooler/", "lm_bias")  # XLNetModel has no lm_bias
 
 
 @dataclasses.dataclass
@@ -70,30 +75,20 @@ def _shape_of(x) -> tuple:
     return tuple(np.shape(x))
 
 
+def _unrolled_model(config):
+    return family_of(config).build(dataclasses.replace(config, scan_layers=False))
+
+
 def _abstract_params(config) -> dict:
     """Flat {path: ShapeDtypeStruct} of the unrolled model, without allocating anything."""
-    model = build_model(dataclasses.replace(config, scan_layers=False))
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **_dummy_inputs(config)))["params"]
+    boxed = jax.eval_shape(lambda: _unrolled_model(config).init(jax.random.key(0), **family_of(config).init_inputs(
+        config)))["params"]
     return flatten_dict(nn.unbox(boxed), sep="/")
 
 
-def _dummy_inputs(config) -> dict:
-    """Keyword arguments for `model.init` of any family."""
-    if isinstance(config, T5Config):
-        return {"encoder_inputs": jnp.ones((1, 8), jnp.int32), "decoder_inputs": jnp.ones((1, 4), jnp.int32)}
-    length = max(1, min(8, config.max_position_embeddings - getattr(config, "position_offset", 0)))
-    return {"inputs": jnp.ones((1, length), jnp.int32)}
-
-
-def _layer_count(config) -> int | None:
-    """For stack_layers / unstack_layers: None (each stack's own) for an encoder-decoder."""
-    return None if isinstance(config, T5Config) else config.num_layers
-
-
 def _init_params(config, seed: int) -> dict:
-    model = build_model(dataclasses.replace(config, scan_layers=False))
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), **_dummy_inputs(config))["params"])
-    return flatten_dict(jax.tree.map(np.asarray, params), sep="/")
+    params = jax.jit(_unrolled_model(config).init)(jax.random.key(seed), **family_of(config).init_inputs(config))
+    return flatten_dict(jax.tree.map(np.asarray, nn.unbox(params["params"])), sep="/")
 
 
 def canonical_name(name: str, table: hf_tables.Table) -> str:
@@ -111,8 +106,8 @@ def canonical_name(name: str, table: hf_tables.Table) -> str:
 def hf_to_jaxlm_params(tensors: dict, family: str, config, *, seed: int = 0, source: str = "checkpoint",
                        ) -> tuple[dict, ConversionReport]:
     """HF state dict (name -> numpy) -> unrolled jaxlm params (nested dict of float32 numpy) and the report."""
-    table = hf_tables.table_for(family, config)
-    d = hf_tables.dims(config)
+    spec = hf_registry.hf_family(family)
+    table, d = spec.table(family, config), spec.dims(config)
     named: dict[str, tuple[str, np.ndarray]] = {}  # canonical -> (original name, array)
     for name, value in tensors.items():
         canon = canonical_name(name, table)
@@ -183,15 +178,11 @@ def jaxlm_to_hf_tensors(params: dict, family: str, config, dtype: str = "float32
     the HF architecture has no place for (e.g. a pooler when exporting BERT without NSP as BertForMaskedLM)."""
     params = jax.tree.map(np.asarray, params)
     if _is_scanned(params):
-        params = unstack_layers(params, _layer_count(config))
+        params = unstack_layers(params, None)
     flat = flatten_dict(params, sep="/")
-    export_config = config
-    if family == "bert" and not config.nsp_head:
-        export_config = dataclasses.replace(config, pooler=False)  # BertForMaskedLM has no pooler
-    elif family == "roberta":
-        export_config = dataclasses.replace(config, pooler=False, nsp_head=False)  # RobertaForMaskedLM
-    table = hf_tables.table_for(family, export_config)
-    d = hf_tables.dims(config)
+    spec = hf_registry.hf_family(family)
+    export_config, _ = spec.export(config)
+    table, d = spec.table(family, export_config), spec.dims(config)
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None and dtype == "bfloat16":
         import ml_dtypes
@@ -221,17 +212,17 @@ def make_config(family: str, fields: dict, *, scan_layers: bool = False):
 def import_hf(model_dir: str, *, scan_layers: bool = False, seed: int = 0) -> Imported:
     """Everything an import produces: family, config, params, tokenizer, report, config.json, files read."""
     hf_config = hf_io.read_config(model_dir)
-    family, fields = hf_tables.jaxlm_fields_from_hf(hf_config)
+    family, fields = hf_registry.jaxlm_fields_from_hf(hf_config)
     config = make_config(family, fields)
     tensors, files = hf_io.read_tensors(model_dir)
     params, report = hf_to_jaxlm_params(tensors, family, config, seed=seed, source=model_dir)
     if scan_layers:
         config = dataclasses.replace(config, scan_layers=True)
-        params = stack_layers(params, _layer_count(config))
+        params = stack_layers(params, None)
     if report.new:
         log.warning("%s: heads absent from the checkpoint were initialised fresh (seed %d): %s",
                     model_dir, seed, report.new)
-    return Imported(family, config, params, load_tokenizer(model_dir, family), report, hf_config, files)
+    return Imported(family, config, params, load_hf_tokenizer(model_dir, family), report, hf_config, files)
 
 
 def load_hf(model_dir: str, *, scan_layers: bool = False, seed: int = 0):
@@ -248,15 +239,12 @@ def save_hf(config, params, out_dir: str, *, hf_config: dict | None = None, toke
     jaxlm does not model are kept. Returns {'files', 'architecture', 'not_exported'}."""
     family = config.family
     tensors, not_exported = jaxlm_to_hf_tensors(params, family, config, dtype)
-    architecture = hf_tables.HF_ARCHITECTURE[family]
-    if family == "bert" and not config.nsp_head:
-        architecture = "BertForMaskedLM"
+    _, architecture = hf_registry.hf_family(family).export(config)
     if not_exported:
         log.warning("%s: jaxlm params with no place in %s, not exported: %s", out_dir, architecture, not_exported)
     files = hf_io.write_safetensors(tensors, out_dir, max_shard_bytes)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_tables.hf_config_from_jaxlm(family, config, architecture, hf_config, dtype), f, indent=2,
-                  sort_keys=True)
+        json.dump(hf_registry.hf_config_from_jaxlm(config, architecture, hf_config, dtype), f, indent=2, sort_keys=True)
     files.append(os.path.join(out_dir, "config.json"))
     if tokenizer_dir and os.path.isdir(tokenizer_dir):
         files += [os.path.join(out_dir, n) for n in copy_tokenizer_files(tokenizer_dir, out_dir)]
@@ -286,19 +274,13 @@ def write_workdir(workdir: str, imported: Imported, model_dir: str) -> dict:
     state = TrainState(step=0, params, opt_state=None, rng=uint32[2] zeros): params only; a fine-tuning run
     builds its own optimizer state.
     """
-    from etils import epath
-
-    from jaxlm.paths import open_text
-    from jaxlm.train.checkpoint import make_checkpoint_manager, save_checkpoint
-    from jaxlm.train.state import TrainState
-
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     tokenizer_files = copy_tokenizer_files(model_dir, os.path.join(workdir, TOKENIZER_SUBDIR))
     config_json = saved_config(imported, model_dir, tokenizer_files)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=imported.params, opt_state=None,
                        rng=jnp.zeros((2,), jnp.uint32))
-    manager = make_checkpoint_manager(workdir, max_to_keep=None, async_save=False)
-    if not save_checkpoint(manager, 0, state, config=config_json):
+    manager = checkpoint.make_checkpoint_manager(workdir, max_to_keep=None, async_save=False)
+    if not checkpoint.save_checkpoint(manager, 0, state, config=config_json):
         manager.close()
         raise FileExistsError(f"{workdir}: a checkpoint at step 0 exists already; use a fresh --workdir")
     manager.wait_until_finished()
@@ -308,64 +290,14 @@ def write_workdir(workdir: str, imported: Imported, model_dir: str) -> dict:
     return config_json
 
 
-def config_from_saved(saved: dict):
-    """(family, jaxlm config) from a saved config (an import's, or a pretraining run's)."""
-    model = saved.get("model") or {}
-    family = model.get("family")
-    if family is None:
-        raise ValueError("saved config has no model.family; is this a jaxlm workdir?")
-    fields = saved.get("model_config")
-    if fields is None:
-        fields = {k: v for k, v in model.items() if k not in ("family", "size")}
-        return family, get_model_config(family, model.get("size") or None, **fields)
-    return family, get_model_config(family, None, **fields)
-
-
-def read_workdir(workdir: str, step: int | None = None) -> tuple[object, dict, dict, int]:
-    """(jaxlm config, params as numpy, saved config, step) from workdir/checkpoints; only the params are read
-    from the state (a pretraining checkpoint's optimizer state stays on disk)."""
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    from jaxlm.paths import open_text, resolved
-    from jaxlm.train.checkpoint import CHECKPOINT_DIR
-
-    directory = resolved(workdir) / CHECKPOINT_DIR
-    if not directory.exists():
-        raise FileNotFoundError(f"{directory} not found: --workdir must hold a jaxlm run or import")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        steps = manager.all_steps()
-        step = manager.latest_step() if step is None else int(step)
-        if step is None or step not in steps:
-            raise ValueError(f"{directory}: no checkpoint at step {step}; steps present: {sorted(steps)}")
-        step_dir = directory / str(step)
-        if (step_dir / "config").exists():
-            saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        elif epath.Path(workdir, CONFIG_FILE).is_file():
-            with open_text(os.path.join(workdir, CONFIG_FILE)) as f:
-                saved = json.load(f)
-        else:
-            raise FileNotFoundError(f"{step_dir}: no config item and no {CONFIG_FILE}; cannot rebuild the model")
-        family, config = config_from_saved(saved)
-        model = build_model(config)
-        abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), **_dummy_inputs(config)))["params"])
-        # A seq2seq fine-tuning run keeps the whole LM under 'backbone' (jaxlm.models.heads.TextToTextModel).
-        wrapped = (saved.get("task_spec") or {}).get("task") == "seq2seq"
-        target = {"params": {"backbone": abstract} if wrapped else abstract}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))
-    params = restored["state"]["params"]
-    return config, params["backbone"] if wrapped else params, saved, step
-
-
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None, dtype: str = "float32",
                    max_shard_bytes: int | None = None) -> dict:
-    """`to-hf`: the params at `step` (default latest) as an HF model directory."""
-    config, params, saved, step = read_workdir(workdir, step)
+    """`to-hf`: the language model of a run directory (an import, a pretraining run or a text-to-text fine-tuning
+    run) at `step` (default latest) as an HF model directory."""
+    model_config, saved = wd.read_model_config(workdir, step)
+    params, _, step = wd.read_params(workdir, step, subtree=wd.lm_subtree(saved))
     tokenizer_dir = os.path.join(workdir, saved.get("tokenizer_dir") or TOKENIZER_SUBDIR)
-    result = save_hf(config, params, out_dir, hf_config=saved.get("hf_config"), tokenizer_dir=tokenizer_dir,
+    result = save_hf(model_config, params, out_dir, hf_config=saved.get("hf_config"), tokenizer_dir=tokenizer_dir,
                      dtype=dtype, max_shard_bytes=max_shard_bytes)
     result["step"] = step
     if not os.path.isdir(tokenizer_dir):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -175,15 +175,6 @@ IGNORED_BUFFERS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)token_
                    re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$"),
                    re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"))
 
-T5_FAMILIES = ("t5", "t5_v1_1")
-BACKBONE_PREFIX = {"bert": "bert", "roberta": "roberta", "gpt2": "transformer", "t5": "", "t5_v1_1": ""}
-HEAD_PREFIXES = {"bert": ("cls.",), "roberta": ("lm_head.",), "gpt2": ("lm_head.",), "t5": ("lm_head.",),
-                 "t5_v1_1": ("lm_head.",)}
-# What `to-hf` writes, by family (BERT without its NSP head is written as BertForMaskedLM).
-HF_ARCHITECTURE = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel",
-                   "t5": "T5ForConditionalGeneration", "t5_v1_1": "T5ForConditionalGeneration"}
-
-
 @dataclasses.dataclass(frozen=True)
 class Row:
     hf: str
@@ -212,43 +203,46 @@ def _expand(entries: dict, num_layers: int | None = None, **names) -> list[Row]:
     return rows
 
 
-def table_for(family: str, config) -> Table:
-    """All rows for a jaxlm config; BERT/RoBERTa rows for the pooler and NSP head only where the config has them."""
-    if family in ("bert", "roberta"):
-        p = BACKBONE_PREFIX[family]
-        rows = _expand(BERT_EMBEDDINGS, p=p) + _expand(BERT_LAYER, config.num_layers, p=p)
-        rows += _expand(BERT_MLM_HEAD if family == "bert" else ROBERTA_MLM_HEAD)
-        droppable = []
-        for optional_rows, present in ((_expand(BERT_POOLER, p=p), config.pooler),
-                                       (_expand(BERT_NSP_HEAD), config.nsp_head)):
-            if present:
-                rows += optional_rows
-            else:
-                droppable += [r.hf for r in optional_rows]
-        tied = BERT_TIED if family == "bert" else ROBERTA_TIED
-    elif family == "gpt2":
-        p = BACKBONE_PREFIX[family]
-        rows = _expand(GPT2_EMBEDDINGS) + _expand(GPT2_LAYER, config.num_layers)
-        droppable, tied = [], GPT2_TIED
-    elif family in T5_FAMILIES:
-        p = ""
-        rows = _expand(T5_SHARED)
-        for stack, layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
-            stack_rows, layer_rows = _t5_stack(stack, config.is_gated)
-            rows += _expand(stack_rows) + _expand(layer_rows, layers)
-        droppable, tied = [], dict(T5_TIED)
-        if config.tie_word_embeddings:
-            tied["lm_head.weight"] = "shared.weight"
+def _bert_table(family: str, config) -> Table:
+    """BERT / RoBERTa rows; the pooler and NSP head only where the config has them (else droppable: an MLM-only
+    export, or RoBERTa's unused pooler on import)."""
+    p = family
+    rows = _expand(BERT_EMBEDDINGS, p=p) + _expand(BERT_LAYER, config.num_layers, p=p)
+    rows += _expand(BERT_MLM_HEAD if family == "bert" else ROBERTA_MLM_HEAD)
+    droppable = []
+    for optional_rows, present in ((_expand(BERT_POOLER, p=p), config.pooler), (_expand(BERT_NSP_HEAD), config.nsp_head)):
+        if present:
+            rows += optional_rows
         else:
-            rows += _expand(T5_LM_HEAD)
+            droppable += [r.hf for r in optional_rows]
+    tied = BERT_TIED if family == "bert" else ROBERTA_TIED
+    return Table(tuple(rows), tuple(droppable), dict(tied), p, ("cls.",) if family == "bert" else ("lm_head.",))
+
+
+def _gpt2_table(family: str, config) -> Table:
+    rows = _expand(GPT2_EMBEDDINGS) + _expand(GPT2_LAYER, config.num_layers)
+    return Table(tuple(rows), (), dict(GPT2_TIED), "transformer", ("lm_head.",))
+
+
+def _t5_table(family: str, config) -> Table:
+    rows = _expand(T5_SHARED)
+    for stack, layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
+        stack_rows, layer_rows = _t5_stack(stack, config.is_gated)
+        rows += _expand(stack_rows) + _expand(layer_rows, layers)
+    tied = dict(T5_TIED)
+    if config.tie_word_embeddings:
+        tied["lm_head.weight"] = "shared.weight"
     else:
-        raise ValueError(f"no Hugging Face table for family {family!r}; supported: {sorted(BACKBONE_PREFIX)}")
-    return Table(tuple(rows), tuple(droppable), dict(tied), p, HEAD_PREFIXES[family])
+        rows += _expand(T5_LM_HEAD)
+    return Table(tuple(rows), (), tied, "", ("lm_head.",))
 
 
-def dims(config) -> dict:
-    head_dim = getattr(config, "d_kv", None) or config.hidden_size // config.num_heads
-    return {"H": config.num_heads, "K": head_dim, "D": config.hidden_size}
+def _heads_dims(config) -> dict:
+    return {"H": config.num_heads, "K": config.hidden_size // config.num_heads, "D": config.hidden_size}
+
+
+def _t5_dims(config) -> dict:
+    return {"H": config.num_heads, "K": config.d_kv, "D": config.d_model}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,7 +256,6 @@ HF_TO_JAXLM_ACTIVATION = {
 }
 JAXLM_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_tanh": "gelu_pytorch_tanh",
                           "relu": "relu", "silu": "silu", "linear": "linear"}
-MODEL_TYPE_TO_FAMILY = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "t5": "t5"}
 
 
 def _activation(hf_config: dict, key: str) -> str:
@@ -281,42 +274,32 @@ def _require(hf_config: dict, key: str, expected, why: str):
         raise ValueError(f"config.json: {key}={value!r} is not supported ({why}); jaxlm needs {expected!r}")
 
 
-def family_of(hf_config: dict) -> str:
-    model_type = hf_config.get("model_type")
-    if model_type not in MODEL_TYPE_TO_FAMILY:
-        arch = hf_config.get("architectures")
-        raise ValueError(f"config.json: model_type={model_type!r} (architectures={arch}) is not supported; "
-                         f"jaxlm imports {sorted(MODEL_TYPE_TO_FAMILY)}")
-    return MODEL_TYPE_TO_FAMILY[model_type]
+def _bert_fields(hf_config: dict) -> tuple[str, dict]:
+    family, g = hf_config["model_type"], hf_config.get
+    _require(hf_config, "position_embedding_type", "absolute", "relative position embeddings")
+    _require(hf_config, "is_decoder", False, "BERT as a decoder")
+    _require(hf_config, "add_cross_attention", False, "cross-attention")
+    pad = g("pad_token_id", 0 if family == "bert" else 1)
+    return family, dict(
+        vocab_size=g("vocab_size"), hidden_size=g("hidden_size"), num_layers=g("num_hidden_layers"),
+        num_heads=g("num_attention_heads"), intermediate_size=g("intermediate_size"),
+        max_position_embeddings=g("max_position_embeddings"), type_vocab_size=g("type_vocab_size", 2),
+        hidden_act=_activation(hf_config, "hidden_act"), hidden_dropout=g("hidden_dropout_prob", 0.1),
+        attention_dropout=g("attention_probs_dropout_prob", 0.1), layer_norm_eps=g("layer_norm_eps", 1e-12),
+        initializer_range=g("initializer_range", 0.02), pad_token_id=pad,
+        # RoBERTa numbers positions from padding_idx + 1 (fairseq's make_positions)
+        position_offset=pad + 1 if family == "roberta" else 0,
+        nsp_head=family == "bert", pooler=family == "bert")
 
 
-def jaxlm_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
-    """config.json -> (family, fields of BertConfig / GPT2Config). Features jaxlm lacks are errors."""
-    family = family_of(hf_config)
+def _gpt2_fields(hf_config: dict) -> tuple[str, dict]:
     g = hf_config.get
-    if family == "t5":
-        return _t5_fields_from_hf(hf_config)
-    if family in ("bert", "roberta"):
-        _require(hf_config, "position_embedding_type", "absolute", "relative position embeddings")
-        _require(hf_config, "is_decoder", False, "BERT as a decoder")
-        _require(hf_config, "add_cross_attention", False, "cross-attention")
-        pad = g("pad_token_id", 0 if family == "bert" else 1)
-        return family, dict(
-            vocab_size=g("vocab_size"), hidden_size=g("hidden_size"), num_layers=g("num_hidden_layers"),
-            num_heads=g("num_attention_heads"), intermediate_size=g("intermediate_size"),
-            max_position_embeddings=g("max_position_embeddings"), type_vocab_size=g("type_vocab_size", 2),
-            hidden_act=_activation(hf_config, "hidden_act"), hidden_dropout=g("hidden_dropout_prob", 0.1),
-            attention_dropout=g("attention_probs_dropout_prob", 0.1), layer_norm_eps=g("layer_norm_eps", 1e-12),
-            initializer_range=g("initializer_range", 0.02), pad_token_id=pad,
-            # RoBERTa numbers positions from padding_idx + 1 (fairseq's make_positions)
-            position_offset=pad + 1 if family == "roberta" else 0,
-            nsp_head=family == "bert", pooler=family == "bert")
     _require(hf_config, "scale_attn_weights", True, "unscaled attention logits")
     _require(hf_config, "scale_attn_by_inverse_layer_idx", False, "per-layer attention scaling")
     _require(hf_config, "add_cross_attention", False, "cross-attention")
     hidden = g("n_embd")
     eos = g("eos_token_id", 50256)
-    return family, dict(
+    return "gpt2", dict(
         vocab_size=g("vocab_size"), hidden_size=hidden, num_layers=g("n_layer"), num_heads=g("n_head"),
         intermediate_size=g("n_inner") or 4 * hidden, max_position_embeddings=g("n_positions"),
         hidden_act=_activation(hf_config, "activation_function"), dropout=g("resid_pdrop", 0.1),
@@ -333,7 +316,7 @@ def t5_scales_decoder_output(hf_config: dict) -> bool:
     return bool(hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True) is not False))
 
 
-def _t5_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
+def _t5_fields(hf_config: dict) -> tuple[str, dict]:
     g = hf_config.get
     architectures = g("architectures") or []
     if "T5EncoderModel" in architectures:
@@ -359,7 +342,8 @@ def _t5_fields_from_hf(hf_config: dict) -> tuple[str, dict]:
     return ("t5_v1_1" if proj.startswith("gated-") else "t5"), fields
 
 
-def _t5_config_to_hf(out: dict, config) -> dict:
+def _t5_config_json(config, architecture: str, base: dict | None) -> dict:
+    out = dict(base or {})
     act = config.activations[0]
     out.update(
         model_type="t5", vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
@@ -373,58 +357,81 @@ def _t5_config_to_hf(out: dict, config) -> dict:
         is_encoder_decoder=True, is_decoder=False,
         # v1.1 (untied) as the released configs say it, and as transformers >= 5 reads it
         tie_word_embeddings=config.tie_word_embeddings, scale_decoder_outputs=config.tie_word_embeddings)
-    return out
-
-
-def hf_config_from_jaxlm(family: str, config, architecture: str, base: dict | None = None,
-                         dtype: str = "float32") -> dict:
-    """jaxlm config -> config.json. `base` (the imported model's config.json) keeps the fields jaxlm does not
-    model (token ids, tokenizer_class, ...); the architecture fields always come from `config`."""
-    out = dict(base or {})
-    if family in T5_FAMILIES:
-        out = _t5_config_to_hf(out, config)
-        out["architectures"] = [architecture]
-        out.pop("torch_dtype", None)
-        out["dtype"] = dtype
-        return out
-    act = JAXLM_TO_HF_ACTIVATION[config.hidden_act]
-    if family in ("bert", "roberta"):
-        if out.get("hidden_act") in HF_TO_JAXLM_ACTIVATION and HF_TO_JAXLM_ACTIVATION[out["hidden_act"]] == \
-                config.hidden_act:
-            act = out["hidden_act"]  # keep e.g. 'gelu_python' rather than renaming it
-        out.update(
-            model_type=family, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-            intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size, hidden_act=act, hidden_dropout_prob=config.hidden_dropout,
-            attention_probs_dropout_prob=config.attention_dropout, layer_norm_eps=config.layer_norm_eps,
-            initializer_range=config.initializer_range, pad_token_id=config.pad_token_id,
-            position_embedding_type="absolute", is_decoder=False, add_cross_attention=False)
-        if family == "roberta":
-            if config.position_offset != config.pad_token_id + 1:
-                raise ValueError(f"position_offset={config.position_offset} but pad_token_id="
-                                 f"{config.pad_token_id}: Hugging Face RoBERTa needs position_offset = "
-                                 "pad_token_id + 1")
-            out.setdefault("bos_token_id", 0)
-            out.setdefault("eos_token_id", 2)
-    else:
-        if out.get("activation_function") in HF_TO_JAXLM_ACTIVATION and \
-                HF_TO_JAXLM_ACTIVATION[out["activation_function"]] == config.hidden_act:
-            act = out["activation_function"]
-        out.update(
-            model_type="gpt2", vocab_size=config.vocab_size, n_embd=config.hidden_size, n_layer=config.num_layers,
-            n_head=config.num_heads, n_inner=config.intermediate_size, n_positions=config.max_position_embeddings,
-            activation_function=act, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-            attn_pdrop=config.attention_dropout, layer_norm_epsilon=config.layer_norm_eps,
-            initializer_range=config.initializer_range, bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-            add_cross_attention=False)
-        if base is None:
-            out["pad_token_id"] = config.pad_token_id
-        if base is not None and base.get("n_inner") is None and config.intermediate_size == 4 * config.hidden_size:
-            out["n_inner"] = None
     out["architectures"] = [architecture]
-    out["tie_word_embeddings"] = True
-    out.pop("torch_dtype", None)
-    out["dtype"] = dtype
     return out
+
+
+def _kept_activation(base: dict, key: str, act: str) -> str:
+    """The config.json spelling of an activation: the imported model's own where it means the same (e.g.
+    'gelu_python' is not renamed)."""
+    theirs = base.get(key)
+    return theirs if theirs in HF_TO_JAXLM_ACTIVATION and HF_TO_JAXLM_ACTIVATION[theirs] == act else \
+        JAXLM_TO_HF_ACTIVATION[act]
+
+
+def _bert_config_json(config, architecture: str, base: dict | None) -> dict:
+    out = dict(base or {})
+    family = config.family
+    out.update(
+        model_type=family, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size, hidden_act=_kept_activation(out, "hidden_act", config.hidden_act),
+        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
+        layer_norm_eps=config.layer_norm_eps, initializer_range=config.initializer_range,
+        pad_token_id=config.pad_token_id, position_embedding_type="absolute", is_decoder=False,
+        add_cross_attention=False, architectures=[architecture], tie_word_embeddings=True)
+    if family == "roberta":
+        if config.position_offset != config.pad_token_id + 1:
+            raise ValueError(f"position_offset={config.position_offset} but pad_token_id={config.pad_token_id}: "
+                             "Hugging Face RoBERTa needs position_offset = pad_token_id + 1")
+        out.setdefault("bos_token_id", 0)
+        out.setdefault("eos_token_id", 2)
+    return out
+
+
+def _gpt2_config_json(config, architecture: str, base: dict | None) -> dict:
+    out = dict(base or {})
+    out.update(
+        model_type="gpt2", vocab_size=config.vocab_size, n_embd=config.hidden_size, n_layer=config.num_layers,
+        n_head=config.num_heads, n_inner=config.intermediate_size, n_positions=config.max_position_embeddings,
+        activation_function=_kept_activation(out, "activation_function", config.hidden_act),
+        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.attention_dropout,
+        layer_norm_epsilon=config.layer_norm_eps, initializer_range=config.initializer_range,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False, add_cross_attention=False, architectures=[architecture],
+        tie_word_embeddings=True)
+    if base is None:
+        out["pad_token_id"] = config.pad_token_id
+    if base is not None and base.get("n_inner") is None and config.intermediate_size == 4 * config.hidden_size:
+        out["n_inner"] = None
+    return out
+
+
+def _bert_export(config):
+    """What `to-hf` writes a BERT / RoBERTa as: BertForPreTraining with NSP, else BertForMaskedLM (no pooler);
+    RoBERTa as RobertaForMaskedLM."""
+    if config.family == "roberta":
+        return dataclasses.replace(config, pooler=False, nsp_head=False), "RobertaForMaskedLM"
+    if not config.nsp_head:
+        return dataclasses.replace(config, pooler=False), "BertForMaskedLM"
+    return config, "BertForPreTraining"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: one entry per family.
+
+@dataclasses.dataclass(frozen=True)
+class HFFamily:
+    """A family's Hugging Face side: its parameter table, config.json translation both ways, and what `to-hf`
+    writes (the export config: the jaxlm config of the architecture written, and that architecture's name)."""
+    table: Callable[[str, Any], Table]  # (family name, jaxlm config) -> Table
+    fields_from_hf: Callable[[dict], tuple[str, dict]]  # config.json -> (family name, jaxlm config fields)
+    config_json: Callable[[Any, str, dict | None], dict]  # (jaxlm config, architecture, base) -> config.json
+    export: Callable[[Any], tuple[Any, str]]  # jaxlm config -> (export config, architecture)
+    dims: Callable[[Any], dict] = _heads_dims  # H heads, K head_dim, D hidden
+
+
+BERT_HF = HFFamily(_bert_table, _bert_fields, _bert_config_json, _bert_export)
+GPT2_HF = HFFamily(_gpt2_table, _gpt2_fields, _gpt2_config_json, lambda c: (c, "GPT2LMHeadModel"))
+T5_HF = HFFamily(_t5_table, _t5_fields, _t5_config_json, lambda c: (c, "T5ForConditionalGeneration"), _t5_dims)

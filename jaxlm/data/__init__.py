@@ -1,5 +1,7 @@
-"""Data: text -> tokens -> host batches (sentencepiece, TFDS array_record corpora, grain pipelines)."""
+"""Data: text -> tokens -> host batches (tokenizers, TFDS array_record corpora, grain stages, packing, pairing).
 
+The objectives (jaxlm.objectives) assemble these stages into their pipelines; nothing here knows an objective.
+"""
 from jaxlm.data.corpus import (
     DataNotPreparedError,
     DataStats,
@@ -12,24 +14,16 @@ from jaxlm.data.corpus import (
     prepare_text_files,
     split_sentences,
 )
-from jaxlm.data.pipeline import (
-    BATCH_KEYS,
-    OBJECTIVES,
-    TokenizedDocuments,
-    batch_spec,
-    default_max_predictions,
-    empty_batch,
-    make_eval_iterator,
-    make_pretraining_dataset,
-    make_pretraining_iterator,
-    span_corruption_lengths,
-)
+from jaxlm.data.hf_tokenizer import HFTokenizer
+from jaxlm.data.pairing import TokenizedDocuments
+from jaxlm.data.pipeline import StreamOptions, empty_batch
+from jaxlm.data.sources import load_or_train_tokenizer, prepare_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.data.tokenizer_io import find_run_tokenizer, keep_tokenizer, load_tokenizer
 
 __all__ = [
-    "BATCH_KEYS", "OBJECTIVES", "DataNotPreparedError", "DataStats", "JaxlmPydoc", "JaxlmTextFiles",
-    "PreparedCorpus", "TextFilesConfig", "TokenizedDocuments", "Tokenizer", "batch_spec",
-    "default_max_predictions", "empty_batch", "load_data_source", "make_eval_iterator",
-    "make_pretraining_dataset", "make_pretraining_iterator", "prepare_pydoc", "prepare_text_files",
-    "span_corruption_lengths", "split_sentences", "train_tokenizer",
+    "DataNotPreparedError", "DataStats", "HFTokenizer", "JaxlmPydoc", "JaxlmTextFiles", "PreparedCorpus",
+    "StreamOptions", "TextFilesConfig", "TokenizedDocuments", "Tokenizer", "empty_batch", "find_run_tokenizer",
+    "keep_tokenizer", "load_data_source", "load_or_train_tokenizer", "load_tokenizer", "prepare_dataset",
+    "prepare_pydoc", "prepare_text_files", "split_sentences", "train_tokenizer",
 ]

@@ -30,6 +30,7 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -91,6 +92,19 @@ def decode_text(raw: bytes | str, stats: DataStats | None = None) -> str:
         if stats is not None:
             stats.add("invalid_utf8_replaced")
         return raw.decode("utf-8", errors="replace")
+
+
+def record_text(record, text_key: str = TEXT_KEY, stats: DataStats | None = None) -> str:
+    """A source record ({'text': bytes}, bytes or str) -> text, invalid UTF-8 replaced."""
+    if isinstance(record, dict):
+        if text_key not in record:
+            raise KeyError(f"pipeline: record has no {text_key!r} field (fields: {sorted(record)}); pass text_key=")
+        raw = record[text_key]
+    else:
+        raw = record
+    if isinstance(raw, np.ndarray):  # TFDS gives 0-d arrays
+        raw = raw.item()
+    return decode_text(raw, stats)
 
 
 def split_long_text(text: str, max_chars: int) -> list[str]:

@@ -9,9 +9,10 @@
 
 Models plug in through `DecoderAdapter` (jaxlm.decoding.adapters); the loops are in jaxlm.decoding.search.
 """
-from jaxlm.decoding.adapters import DecoderAdapter, GPT2Decoder, T5Decoder, adapter_for, take_cache_rows
+from jaxlm.decoding.adapters import (CausalLMDecoder, DecoderAdapter, EncoderDecoderLMDecoder, adapter_for,
+                                     take_cache_rows)
 from jaxlm.decoding.sampling import filter_logits, sample
 from jaxlm.decoding.search import Generated, GenerationConfig, generate, pad_prompts
 
-__all__ = ["DecoderAdapter", "GPT2Decoder", "Generated", "GenerationConfig", "T5Decoder", "adapter_for",
+__all__ = ["CausalLMDecoder", "DecoderAdapter", "EncoderDecoderLMDecoder", "Generated", "GenerationConfig", "adapter_for",
            "filter_logits", "generate", "pad_prompts", "sample", "take_cache_rows"]

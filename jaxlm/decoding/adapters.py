@@ -3,13 +3,18 @@
 The loops in `jaxlm.decoding.search` see a model only through `DecoderAdapter`, so any family with a KV-cache
 decode mode plugs in by writing an adapter:
 
-- decoder-only (GPT-2): the prompt is prefilled into the self-attention cache in one `step`, then one token
-  per `step`. `GPT2Decoder` below.
-- encoder-decoder (T5): the adapter also sets `is_encoder_decoder = True`, `decoder_start_id`, and implements
-  `encode(params, tokens_BxS, mask_BxS) -> context` (encoder outputs + mask, any pytree with a leading batch
-  axis). The loop then encodes the "prompt", starts every row's decoder from `decoder_start_id`, and passes
-  `context` to every `step` (beam search repeats it per beam). `T5Decoder` below: its first step
-  (`prefill=True`) projects the encoder outputs into the cross-attention cache, later steps read them back.
+- decoder-only (a family of kind 'decoder', GPT-2): the prompt is prefilled into the self-attention cache in
+  one `step`, then one token per `step`. `CausalLMDecoder` below.
+- encoder-decoder (kind 'encoder_decoder', T5): the adapter also sets `is_encoder_decoder = True`,
+  `decoder_start_id`, and implements `encode(params, tokens_BxS, mask_BxS) -> context` (encoder outputs + mask,
+  any pytree with a leading batch axis). The loop then encodes the "prompt", starts every row's decoder from
+  `decoder_start_id`, and passes `context` to every `step` (beam search repeats it per beam).
+  `EncoderDecoderLMDecoder` below: its first step (`prefill=True`) projects the encoder outputs into the
+  cross-attention cache, later steps read them back.
+
+`adapter_for(config)` picks the adapter by the family's kind. What the adapters ask of the model: decoder
+`__call__(inputs, positions=, decode=True, decode_mask=, return_hidden=True)`; encoder-decoder `encode` and
+`decode(..., decode=True, return_hidden=True)`; both a `logits(hidden)` method (the output layer).
 
 Cache slots are shared across rows (the attention layer keeps one scalar `cache_index`), so a row's padding
 stays in the cache and is masked out through `valid_BxS` (which slots hold real tokens), while each row carries
@@ -20,11 +25,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models import FAMILIES, build_model, family_of
+
 Cache = Any
+UNBOUNDED = 1 << 30
 
 
 class DecoderAdapter(Protocol):
@@ -63,15 +70,15 @@ def _zeros_like_shapes(tree):
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Decoder:
-    """GPT2LMHeadModel in decode mode. Hashable (compares by config), so it can be a static jit argument."""
-    config: Any  # GPT2Config
+class CausalLMDecoder:
+    """A decoder-only LM (GPT-2) in decode mode. Hashable (compares by config), so it can be a static jit
+    argument."""
+    config: Any
     is_encoder_decoder = False
 
     @property
     def model(self):
-        from jaxlm.models.gpt2 import GPT2LMHeadModel
-        return GPT2LMHeadModel(self.config)
+        return build_model(self.config)
 
     @property
     def vocab_size(self) -> int:
@@ -79,7 +86,7 @@ class GPT2Decoder:
 
     @property
     def max_length(self) -> int:
-        return self.config.max_position_embeddings
+        return family_of(self.config).max_length(self.config) or UNBOUNDED
 
     def init_cache(self, batch_size, max_length, context=None):
         ids = jnp.zeros((batch_size, max_length), jnp.int32)
@@ -94,7 +101,8 @@ class GPT2Decoder:
             decode_mask=valid_BxS[:, None, None, :], return_hidden=True, mutable=["cache"])
         hidden_BxD = _select(hidden_BxTxD, select_B)
         # Project only the selected position: a prefill of B x P tokens never builds B x P x V logits.
-        logits_BxV = model.apply({"params": params}, hidden_BxD, method=lambda m, h: m.token_embeddings.attend(h))
+        logits_BxV = model.apply({"params": params}, hidden_BxD[:, None], method="logits")[:, 0]  # [B,1,D]: the
+        # logits' sharding constraint names batch, length and vocab
         return logits_BxV.astype(jnp.float32), mutated["cache"]
 
     def reorder_cache(self, cache, indices_N):
@@ -102,21 +110,20 @@ class GPT2Decoder:
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Decoder:
-    """T5ForConditionalGeneration: the prompt is the encoder input; decoding starts from decoder_start_token_id.
+class EncoderDecoderLMDecoder:
+    """An encoder-decoder (T5): the prompt is the encoder input; decoding starts from decoder_start_token_id.
 
     context = {'encoded': [B,S,D], 'segment_ids': [B,S]} (prompt padding -> segment 0, masked in
     cross-attention). The cache holds the decoder's self-attention K/V, the cross-attention K/V (written by the
     prefill step, read by later steps) and the decoder positions; all per-row leaves are [B,...] or [L,B,...].
     """
-    config: Any  # T5Config
+    config: Any
     is_encoder_decoder = True
-    max_length = 1 << 30  # relative position buckets: no position table to outgrow
+    max_length = UNBOUNDED  # T5's relative position buckets: no position table to outgrow
 
     @property
     def model(self):
-        from jaxlm.models.t5 import T5ForConditionalGeneration
-        return T5ForConditionalGeneration(self.config)
+        return build_model(self.config)
 
     @property
     def vocab_size(self) -> int:
@@ -133,7 +140,7 @@ class T5Decoder:
 
     def init_cache(self, batch_size, max_length, context=None):
         if context is None:
-            raise ValueError("T5Decoder.init_cache needs the context (encoder outputs) to size the cross-attention "
+            raise ValueError("EncoderDecoderLMDecoder.init_cache needs the context (encoder outputs) to size the cross-attention "
                              "cache")
         source_len = context["encoded"].shape[1]
         shapes = jax.eval_shape(lambda: self.model.init(
@@ -149,10 +156,7 @@ class T5Decoder:
             context["segment_ids"], decoder_positions=positions_BxT, decode=True, return_hidden=True,
             mutable=["cache"], method="decode")
         hidden_BxD = _select(hidden_BxTxD, select_B)
-
-        def project(m, h):
-            return m.token_embeddings.attend(h) if m.config.tie_word_embeddings else m.lm_head(h)
-        logits_BxV = model.apply({"params": params}, hidden_BxD, method=project)
+        logits_BxV = model.apply({"params": params}, hidden_BxD[:, None], method="logits")[:, 0]
         return logits_BxV.astype(jnp.float32), mutated["cache"]
 
     def reorder_cache(self, cache, indices_N):
@@ -165,17 +169,16 @@ def _select(x_BxTxD, select_B):
     return jnp.take_along_axis(x_BxTxD, select_B[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
 
+ADAPTERS = {"decoder": CausalLMDecoder, "encoder_decoder": EncoderDecoderLMDecoder}
+
+
 def adapter_for(config) -> DecoderAdapter:
-    """The adapter of a model config (GPT2Config -> GPT2Decoder, T5Config -> T5Decoder)."""
-    family = getattr(config, "family", None)
-    if family == "gpt2":
-        return GPT2Decoder(config)
-    if family in ("t5", "t5_v1_1"):
-        return T5Decoder(config)
-    raise ValueError(f"no decoding adapter for model family {family!r} ({type(config).__name__}); "
-                     "generation supports gpt2 and t5")
+    """The adapter of a model config, by its family's kind (decoder -> CausalLMDecoder, encoder-decoder ->
+    EncoderDecoderLMDecoder); an encoder (BERT) writes no text."""
+    family = family_of(config)
+    if family.kind not in ADAPTERS:
+        writers = sorted(name for name, f in FAMILIES.items() if f.kind in ADAPTERS)
+        raise ValueError(f"model family {family.name!r} is an {family.kind}: it does not generate text; "
+                         f"generation supports the families {writers}")
+    return ADAPTERS[family.kind](config)
 
-
-def unbox(params):
-    """Plain arrays from `model.init` output (nn.Partitioned boxes) or a restored checkpoint (already plain)."""
-    return nn.unbox(params)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.decoding.adapters import DecoderAdapter, unbox
+from jaxlm.decoding.adapters import DecoderAdapter
+from jaxlm.models.common import unbox
 from jaxlm.decoding.sampling import sample
 
 STRATEGIES = ("greedy", "sample", "beam")

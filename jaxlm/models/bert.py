@@ -13,10 +13,12 @@ import jax.numpy as jnp
 from jaxlm.layers import BlockConfig, Embed, LayerNorm, TransformerStack, make_attention_mask
 from jaxlm.layers.mlp import get_activation
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
+from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+    family: str = "bert"  # or "roberta": the same network, another vocabulary and position numbering
     vocab_size: int = 30522
     hidden_size: int = 768
     num_layers: int = 12
@@ -39,9 +41,9 @@ class BertConfig:
     remat_policy: str = "none"
     attention_impl: str = "xla"
 
-    @property
-    def family(self):
-        return "roberta" if self.position_offset else "bert"
+    def __post_init__(self):
+        if self.family not in ("bert", "roberta"):
+            raise ValueError(f"BertConfig.family={self.family!r}: 'bert' or 'roberta'")
 
     def block_config(self) -> BlockConfig:
         if self.hidden_size % self.num_heads:
@@ -152,3 +154,51 @@ class BertForPreTraining(nn.Module):
         if self.config.nsp_head:
             out["nsp_logits"] = self.nsp_head(pooled_BxD)
         return out
+
+
+def _bert(layers, hidden):
+    return dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64, intermediate_size=4 * hidden)
+
+
+# BERT tiny..medium: Turc et al. 2019 ("Well-Read Students Learn Better"); base/large: Devlin et al. 2019.
+BERT_SIZES = {
+    "tiny": _bert(2, 128), "mini": _bert(4, 256), "small": _bert(4, 512), "medium": _bert(8, 512),
+    "base": _bert(12, 768), "large": _bert(24, 1024),
+}
+# RoBERTa (Liu et al. 2019): BERT shapes, 50265 BPE tokens, 514 positions offset by padding_idx=1, no NSP.
+ROBERTA_COMMON = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                      position_offset=2, layer_norm_eps=1e-5, nsp_head=False, pooler=False)
+ROBERTA_SIZES = {"base": BERT_SIZES["base"], "large": BERT_SIZES["large"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertFamily(ModelFamily):
+    """BERT and RoBERTa: post-LN encoders; the backbone is BertForPreTraining's `bert` subtree."""
+    kind = "encoder"
+    backbone_key = "bert"
+
+    def heads(self, config):
+        return ("masked_lm", "next_sentence") if config.nsp_head else ("masked_lm",)
+
+    def build(self, config):
+        return BertForPreTraining(config)
+
+    def backbone(self, config):
+        return BertModel(config)
+
+    def summary(self, config) -> str:
+        return "pooler" if config.pooler else "first_token"
+
+    def backbone_train_flops(self, config, *, tokens, **lengths):
+        d = config.hidden_size
+        per_layer = 4 * d * d + feed_forward_params(d, config.intermediate_size)
+        flops = transformer_layer_train_flops(tokens=tokens, keys=tokens, matmul_params=config.num_layers * per_layer,
+                                              num_layers=config.num_layers, attention_width=d)
+        return flops + (6.0 * d * d if config.pooler else 0.0)  # the pooler reads one token per row
+
+    def lm_head_matmul_params(self, config):
+        return config.hidden_size * config.hidden_size + config.vocab_size * config.hidden_size  # transform + tied
+
+
+BERT = BertFamily("bert", BertConfig, BERT_SIZES)
+ROBERTA = BertFamily("roberta", BertConfig, ROBERTA_SIZES, defaults=ROBERTA_COMMON, text_style="roberta")

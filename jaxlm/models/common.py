@@ -1,7 +1,8 @@
-"""What every model family shares: dtype names, host-side input validation, parameter counting."""
+"""What every model family shares: dtype names, host-side input validation, parameter counting, unboxing."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core import meta
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -36,19 +37,13 @@ def check_token_ids(name: str, ids, vocab_size: int):
                          f"[0, {vocab_size}); check the tokenizer matches the model's vocab_size")
 
 
-def count_params(abstract_params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
+def count_params(params) -> int:
+    """Parameters in a tree of arrays or shapes."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-LOOKUP_TABLES = ("position_embeddings", "token_type_embeddings")
-
-
-def matmul_params(params) -> int:
-    """Parameters that do matmul work per token, for the 6N FLOPs rule: everything but the position and
-    token-type tables (pure lookups). The token table counts: tied to the output head, it is a matmul."""
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if any(str(getattr(k, "key", k)) in LOOKUP_TABLES for k in path):
-            continue
-        total += int(np.prod(leaf.shape))
-    return total
+def unbox(tree):
+    """Plain arrays (or shapes) from `model.init` output's nn.Partitioned boxes, without applying the sharding
+    constraints that nn.unbox would (the state is placed by jit's out_shardings instead)."""
+    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, meta.AxisMetadata) else x,
+                                  tree, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 from jaxlm.layers import BlockConfig, Embed, LayerNorm, TransformerStack, combine_masks, make_attention_mask
 from jaxlm.layers import make_causal_mask
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
+from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 
 
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
+    family: str = "gpt2"
     vocab_size: int = 50257
     hidden_size: int = 768
     num_layers: int = 12
@@ -32,8 +34,6 @@ class GPT2Config:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "xla"
-
-    family = "gpt2"
 
     def block_config(self) -> BlockConfig:
         if self.hidden_size % self.num_heads:
@@ -89,5 +89,60 @@ class GPT2LMHeadModel(nn.Module):
         hidden_BxLxD = self.final_norm(self.decoder(x_BxLxD, mask, deterministic=deterministic, decode=decode))
         if return_hidden:
             return hidden_BxLxD
+        return self.logits(hidden_BxLxD)
+
+    def logits(self, hidden_BxLxD):
+        """The tied output layer on final hidden states (what `return_hidden=True` returns)."""
         logits = self.token_embeddings.attend(hidden_BxLxD)
         return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+    def output_embedding(self, params):
+        """The [V, D] matrix the logits are computed with (for chunked cross-entropy over `return_hidden`)."""
+        return params["token_embeddings"]["embedding"]
+
+
+class GPT2Backbone(GPT2LMHeadModel):
+    """GPT-2 as the backbone of a task head: the final hidden states [B,L,D] and no pooled output, with the
+    same parameters as GPT2LMHeadModel (the LM head is the tied embedding, so nothing is left out)."""
+
+    def __call__(self, inputs, segment_ids=None, token_types=None, positions=None, *, deterministic=True):
+        return super().__call__(inputs, segment_ids, positions, deterministic=deterministic, return_hidden=True), None
+
+
+# GPT-2 (Radford et al., 2019); sizes of the released 124M / 355M / 774M / 1.5B checkpoints.
+GPT2_SIZES = {
+    "small": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "medium": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+    "large": dict(num_layers=36, hidden_size=1280, num_heads=20, intermediate_size=5120),
+    "xl": dict(num_layers=48, hidden_size=1600, num_heads=25, intermediate_size=6400),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Family(ModelFamily):
+    """A causal decoder: its whole tree is the backbone; sequence heads read the last real token."""
+    kind = "decoder"
+
+    def heads(self, config):
+        return ("causal_lm",)
+
+    def hidden_dropout(self, config):
+        return config.dropout
+
+    def build(self, config):
+        return GPT2LMHeadModel(config)
+
+    def backbone(self, config):
+        return GPT2Backbone(config)
+
+    def summary(self, config) -> str:
+        return "last_token"
+
+    def backbone_train_flops(self, config, *, tokens, **lengths):
+        d = config.hidden_size
+        per_layer = 4 * d * d + feed_forward_params(d, config.intermediate_size)
+        return transformer_layer_train_flops(tokens=tokens, keys=tokens, matmul_params=config.num_layers * per_layer,
+                                             num_layers=config.num_layers, attention_width=d)
+
+
+GPT2 = GPT2Family("gpt2", GPT2Config, GPT2_SIZES, text_style="gpt2")

@@ -49,7 +49,8 @@ import numpy as np
 
 from jaxlm.layers import (BlockConfig, Embed, RelativePositionBias, RMSNorm, TransformerStack, combine_masks,
                           make_attention_mask, make_causal_mask)
-from jaxlm.models.common import check_token_ids, matmul_params, to_dtype
+from jaxlm.models.common import check_token_ids, to_dtype
+from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
@@ -57,6 +58,7 @@ LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Field names as Hugging Face's T5Config (defaults: t5-small, v1.0)."""
+    family: str = "t5"  # or "t5_v1_1" (gated feed-forward, untied output layer)
     vocab_size: int = 32128  # 32000 sentencepiece pieces + 100 sentinels, padded to a multiple of 128
     d_model: int = 512
     d_kv: int = 64
@@ -85,10 +87,8 @@ class T5Config:
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(f"feed_forward_proj={self.feed_forward_proj!r}: expected 'ACT' or 'gated-ACT' "
                              "(e.g. 'relu', 'gated-gelu')")
-
-    @property
-    def family(self) -> str:
-        return "t5_v1_1" if self.is_gated else "t5"
+        if self.family not in ("t5", "t5_v1_1"):
+            raise ValueError(f"T5Config.family={self.family!r}: 't5' or 't5_v1_1'")
 
     @property
     def is_gated(self) -> bool:
@@ -231,6 +231,11 @@ class T5ForConditionalGeneration(nn.Module):
             hidden_BxTxD = hidden_BxTxD * jnp.asarray(c.d_model ** -0.5, hidden_BxTxD.dtype)
         if return_hidden:
             return hidden_BxTxD
+        return self.logits(hidden_BxTxD)
+
+    def logits(self, hidden_BxTxD):
+        """The output layer on what `decode(..., return_hidden=True)` returns."""
+        c = self.config
         logits = self.token_embeddings.attend(hidden_BxTxD) if c.tie_word_embeddings else self.lm_head(hidden_BxTxD)
         return nn.with_logical_constraint(logits, LOGITS_AXES)
 
@@ -256,14 +261,54 @@ def shift_right(targets_BxT, decoder_start_token_id: int = 0):
     return jnp.concatenate([start, targets_BxT[:, :-1]], axis=1)
 
 
-def seq2seq_train_flops(config: T5Config, params, inputs_length: int, targets_length: int) -> float:
-    """Training FLOPs of one example (DESIGN.md section 6, per stack): 6 x matmul params x tokens, the encoder's
-    over S inputs and the decoder's (output projection included) over T targets, plus attention scores and
-    values, 12 x layers x d_model x keys per query token (decoder queries see T decoder and S encoder keys)."""
-    encoder_params = matmul_params(params["encoder"])
-    decoder_params = matmul_params(params["decoder"]) + int(np.prod(jnp.shape(
-        params["token_embeddings"]["embedding"] if config.tie_word_embeddings else params["lm_head"]["kernel"])))
-    d, s, t = config.d_model, inputs_length, targets_length
-    encoder = 6.0 * encoder_params * s + 12.0 * config.num_layers * d * s * s
-    decoder = 6.0 * decoder_params * t + 12.0 * config.decoder_layers * d * t * (t + s)
-    return encoder + decoder
+def _t5(d_model, d_ff, d_kv, num_heads, num_layers):
+    return dict(d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_heads=num_heads, num_layers=num_layers)
+
+
+# T5 v1.0: Raffel et al. 2020, section 3.7 and the released checkpoints (google-t5/t5-small ... t5-11b).
+T5_SIZES = {
+    "small": _t5(512, 2048, 64, 8, 6), "base": _t5(768, 3072, 64, 12, 12), "large": _t5(1024, 4096, 64, 16, 24),
+    "3b": _t5(1024, 16384, 128, 32, 24), "11b": _t5(1024, 65536, 128, 128, 24),
+}
+# T5 v1.1 (google/t5-v1_1-*): gated-GELU feed-forward, untied output layer, no dropout in pretraining.
+T5_V1_1_COMMON = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+T5_V1_1_SIZES = {
+    "small": _t5(512, 1024, 64, 6, 8), "base": _t5(768, 2048, 64, 12, 12), "large": _t5(1024, 2816, 64, 16, 24),
+    "xl": _t5(2048, 5120, 64, 32, 24), "xxl": _t5(4096, 10240, 64, 64, 24),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Family(ModelFamily):
+    """An encoder-decoder: fine-tuned as text to text (its own LM head writes the answers)."""
+    kind = "encoder_decoder"
+
+    def heads(self, config):
+        return ("seq2seq_lm",)
+
+    def hidden_dropout(self, config):
+        return config.dropout_rate
+
+    def build(self, config):
+        return T5ForConditionalGeneration(config)
+
+    def init_inputs(self, config, batch_size=1, length=8, targets=4):
+        return {"encoder_inputs": jnp.ones((batch_size, length), jnp.int32),
+                "decoder_inputs": jnp.ones((batch_size, targets), jnp.int32)}
+
+    def backbone_train_flops(self, config, *, tokens, targets=0, **lengths):
+        """The encoder over `tokens` inputs, the decoder over `targets` (self-attention over the targets,
+        cross-attention over the inputs, whose keys and values are projected once per input token)."""
+        d, width = config.d_model, config.num_heads * config.d_kv
+        ff = feed_forward_params(d, config.d_ff, config.is_gated)
+        encoder = transformer_layer_train_flops(tokens=tokens, keys=tokens, matmul_params=config.num_layers * (
+            4 * d * width + ff), num_layers=config.num_layers, attention_width=width)
+        layers = config.decoder_layers
+        decoder = transformer_layer_train_flops(tokens=targets, keys=targets + tokens, matmul_params=layers * (
+            6 * d * width + ff), num_layers=layers, attention_width=width)
+        cross_kv = 6.0 * layers * 2 * d * width * tokens
+        return encoder + decoder + cross_kv
+
+
+T5 = T5Family("t5", T5Config, T5_SIZES)
+T5_V1_1 = T5Family("t5_v1_1", T5Config, T5_V1_1_SIZES, defaults=T5_V1_1_COMMON)

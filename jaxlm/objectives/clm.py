@@ -1,91 +1,106 @@
-"""Causal-LM examples (GPT-2): next-token rows and the reference packing of several documents per row.
+"""Causal language modelling (GPT-2, `clm`): next-token prediction over documents packed into rows.
 
-Packed rows use the batch format's one masking concept: `segment_ids` 1..k name the document of each token
-(0 = padding), `positions` restart at 0 per document, and no weighted target crosses a document boundary.
+Rows pack (input, target) pairs, concatenated across documents and cut every seq_len tokens: a document's EOS
+appears only as the target of its last real token, weights are 0 on padding only, and no target is lost where
+a long document is cut across rows (positions restart at 0 in the continuation, like every packed segment).
+Segment ids keep documents apart in attention.
+
+Batch (B = batch size, L = seq_len): inputs, targets, segment_ids, positions [B,L] int32; weights [B,L] float32.
 """
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.data import corpus, pipeline
+from jaxlm.data.packing import concat_then_split
+from jaxlm.objectives import losses
+from jaxlm.objectives.base import LossConfig, Objective
 
-def _as_tokens(token_ids, name):
-    tokens = np.asarray(token_ids)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
-    return tokens
-
-
-def next_token_example(token_ids, seq_len, pad_id=0):
-    """One row from a chunk of at most seq_len + 1 tokens: inputs = tokens[:-1], targets = tokens[1:].
-
-    Returns {'inputs', 'targets', 'segment_ids' (1 on real inputs), 'positions' (arange)}: int32 [seq_len],
-    'weights' float32 [seq_len] (1 on real targets). A one-token chunk gives an all-padding row.
-    """
-    tokens = _as_tokens(token_ids, "token_ids")
-    if not 1 <= tokens.size <= seq_len + 1:
-        raise ValueError(f"token_ids has {tokens.size} tokens; next_token_example needs 1..seq_len+1 = "
-                         f"{seq_len + 1} (split longer documents with split_long_document)")
-    n = tokens.size - 1
-    inputs = np.full(seq_len, pad_id, np.int32)
-    targets = np.full(seq_len, pad_id, np.int32)
-    inputs[:n] = tokens[:-1]
-    targets[:n] = tokens[1:]
-    weights = np.zeros(seq_len, np.float32)
-    weights[:n] = 1.0
-    segment_ids = np.zeros(seq_len, np.int32)
-    segment_ids[:n] = 1
-    return {"inputs": inputs, "targets": targets, "weights": weights, "segment_ids": segment_ids,
-            "positions": np.arange(seq_len, dtype=np.int32)}
+CLM_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 
 
-def split_long_document(token_ids, max_len):
-    """Consecutive, non-overlapping pieces of at most max_len tokens (the last may be shorter)."""
-    tokens = _as_tokens(token_ids, "token_ids")
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    return [tokens[i:i + max_len] for i in range(0, tokens.size, max_len)]
+@dataclasses.dataclass
+class NextTokenPairs:
+    """record -> {'inputs': ids, 'targets': ids shifted} for one document + EOS (None if empty)."""
+
+    tokenizer: object
+    text_key: str
+    seq_len: int
+    stats: corpus.DataStats | None
+
+    def __call__(self, record):
+        text = corpus.record_text(record, self.text_key, self.stats)
+        ids = np.asarray(self.tokenizer.encode(text) + [self.tokenizer.eos_id], np.int32)
+        if len(ids) < 2:
+            if self.stats is not None:
+                self.stats.add("empty_skipped")
+            return None
+        if self.stats is not None:
+            self.stats.add("documents")
+            if len(ids) - 1 > self.seq_len:
+                self.stats.add("long_split")
+        return {"inputs": ids[:-1], "targets": ids[1:]}
 
 
-def pack_documents(documents, seq_len, pad_id=0):
-    """Pack tokenised documents (1-D int arrays, EOS already appended by the caller) into rows of seq_len.
+def clm_row(row: dict) -> dict:
+    """A packed row of grain's concat-then-split -> the CLM batch keys."""
+    return {"inputs": row["inputs"], "targets": row["targets"],
+            "weights": (row["targets_segment_ids"] > 0).astype(np.float32),
+            "segment_ids": row["inputs_segment_ids"], "positions": row["inputs_positions"]}
 
-    First-fit greedy, in document order: each piece goes into the first row with room, else a new row.
-    Inputs are the document tokens themselves; targets[i] is the next token of the same document, and the
-    last token of each document has weight 0 (as has padding), so no target crosses a document boundary.
-    A document longer than seq_len is split into pieces of seq_len (`split_long_document`); each piece is its
-    own segment (it attends only within itself) but its last token still predicts the first token of the
-    next piece, so splitting loses no target. Every token of every document is an input exactly once.
-    Empty documents are skipped. Returns a list of row dicts: inputs, targets, segment_ids, positions
-    (int32 [seq_len]) and weights (float32 [seq_len]).
-    """
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    rows, free = [], []  # free[r] = tokens still unused in rows[r]
-    for d, document in enumerate(documents):
-        tokens = _as_tokens(document, f"documents[{d}]")
-        if tokens.size == 0:
-            continue
-        targets = np.append(tokens[1:], pad_id)
-        weights = np.ones(tokens.size, np.float32)
-        weights[-1] = 0.0
-        for start in range(0, tokens.size, seq_len):
-            piece = slice(start, start + seq_len)
-            n = tokens[piece].size
-            r = next((i for i, room in enumerate(free) if room >= n), None)
-            if r is None:
-                r = len(rows)
-                rows.append({
-                    "inputs": np.full(seq_len, pad_id, np.int32),
-                    "targets": np.full(seq_len, pad_id, np.int32),
-                    "weights": np.zeros(seq_len, np.float32),
-                    "segment_ids": np.zeros(seq_len, np.int32),
-                    "positions": np.zeros(seq_len, np.int32),
-                })
-                free.append(seq_len)
-            row, at = rows[r], seq_len - free[r]
-            place = slice(at, at + n)
-            row["inputs"][place] = tokens[piece]
-            row["targets"][place] = targets[piece]
-            row["weights"][place] = weights[piece]
-            row["segment_ids"][place] = row["segment_ids"][at - 1] + 1 if at else 1
-            row["positions"][place] = np.arange(n)
-            free[r] -= n
-    return rows
+
+def causal_lm_loss(model, config: LossConfig = LossConfig()):
+    """loss_fn over a decoder LM: next-token CE over `targets` weighted by `weights` (0 on padding). With
+    `config.logits_chunk_size` the vocabulary projection runs in chunks (no [B,L,V] logits). Also the loss of
+    GPT-2's text-to-text fine-tuning, whose weights cover the target tokens only."""
+
+    def loss_fn(params, batch, rng):
+        kwargs = dict(segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+                      deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+        if config.use_chunks():
+            hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True, **kwargs)
+            loss_sum, weight_sum, correct = losses.chunked_cross_entropy(
+                hidden, model.output_embedding(params), batch["targets"], batch["weights"],
+                chunk_size=config.logits_chunk_size)
+            denom = jnp.maximum(weight_sum, 1e-8)
+            loss = loss_sum / denom
+            return loss, {"loss": loss, "lm_loss": loss, "accuracy": correct / denom, "num_tokens": weight_sum}
+        logits = model.apply({"params": params}, batch["inputs"], **kwargs)
+        loss, metrics = losses.weighted_mean_cross_entropy(logits, batch["targets"], batch["weights"],
+                                                           label_smoothing=config.label_smoothing,
+                                                           z_loss=config.z_loss)
+        return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}
+
+    return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM(Objective):
+    name: ClassVar[str] = "clm"
+    needs_heads: ClassVar[tuple[str, ...]] = ("causal_lm",)
+
+    def check_tokenizer(self, tokenizer):
+        tokenizer.eos_id  # raises naming the tokenizer file when it has no EOS
+
+    def batch_spec(self, batch_size):
+        return {k: ((batch_size, self.seq_len), np.dtype(np.float32 if k == "weights" else np.int32))
+                for k in CLM_KEYS}
+
+    def dataset(self, source, tokenizer, options):
+        ds = pipeline.documents(source, options).map(NextTokenPairs(tokenizer, options.text_key, self.seq_len,
+                                                                    options.stats))
+        it = concat_then_split(ds.to_iter_dataset(options.grain_read_options),
+                               {"inputs": self.seq_len, "targets": self.seq_len}).map(clm_row)
+        it = it.batch(options.batch_size, drop_remainder=options.drop_remainder)
+        return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
+
+    def loss_fn(self, model):
+        return causal_lm_loss(model, self.loss)
+
+    def train_flops_per_example(self, family, model_config):
+        return (family.backbone_train_flops(model_config, tokens=self.seq_len)
+                + family.lm_head_train_flops(model_config, self.seq_len))

@@ -69,14 +69,19 @@ def weighted_accuracy(logits, targets, weights=None):
 
 
 def weighted_mean_cross_entropy(logits, targets, weights=None, *, label_smoothing=0.0, z_loss=0.0):
-    """(mean_loss, metrics): loss_sum / weight_sum, and metrics {'loss', 'z_loss', 'accuracy' (means over
-    weighted tokens), 'num_tokens' (weight sum)}. A batch with no weighted token gives 0, not NaN."""
+    """(mean_loss, metrics) of a language-modelling head: mean_loss = loss_sum / weight_sum (smoothed CE + z-loss,
+    what is trained); metrics {'loss': that, 'lm_loss': the mean plain NLL (what perplexity is the exp of, whatever
+    the smoothing and z-loss), 'z_loss', 'accuracy', 'num_tokens' (weight sum)}. A batch with no weighted token
+    gives 0, not NaN."""
     loss_sum, z_loss_sum, weight_sum = cross_entropy_with_logits(
         logits, targets, weights, label_smoothing=label_smoothing, z_loss=z_loss)
+    nll_sum = loss_sum - z_loss_sum
+    if label_smoothing:
+        nll_sum, _, _ = cross_entropy_with_logits(logits, targets, weights)
     correct_sum, _ = weighted_accuracy(logits, targets, weights)
     denom = jnp.maximum(weight_sum, 1e-8)
     mean_loss = loss_sum / denom
-    metrics = {"loss": mean_loss, "z_loss": z_loss_sum / denom,
+    metrics = {"loss": mean_loss, "lm_loss": jax.lax.stop_gradient(nll_sum / denom), "z_loss": z_loss_sum / denom,
                "accuracy": jax.lax.stop_gradient(correct_sum / denom), "num_tokens": weight_sum}
     return mean_loss, metrics
 

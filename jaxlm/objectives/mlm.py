@@ -1,4 +1,4 @@
-"""Masked-language-model corruption (BERT, RoBERTa): a pure numpy transform for the input pipeline.
+"""Masked language modelling (BERT, RoBERTa): the numpy masking transform and the `mlm` objective.
 
 Follows BERT's `create_masked_lm_predictions`: choose exactly
 `min(max_predictions, max(1, round(n_candidates * mask_rate)))` of the non-special tokens, replace 80% of
@@ -9,9 +9,18 @@ Dynamic masking (RoBERTa) is nothing more than calling `mask_tokens` again, with
 sequence is seen (e.g. as a grain random map transform); static masking (BERT) calls it once when the
 dataset is written. Everything is deterministic given the numpy Generator.
 """
+import collections
+import dataclasses
 import functools
+import math
+from typing import ClassVar
 
 import numpy as np
+
+from jaxlm.data import pipeline
+from jaxlm.data.packing import SentenceChunks, first_fit_pack
+from jaxlm.objectives import losses
+from jaxlm.objectives.base import LossConfig, Objective
 
 
 @functools.lru_cache(maxsize=64)
@@ -206,3 +215,111 @@ def mask_tokens(token_ids, rng, *, mask_id, vocab_size, special_ids, max_predict
     out["masked_targets"][:n] = targets_n
     out["masked_weights"][:n] = 1.0
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The objective: packed sentence chunks, masked per batch, scored at the masked positions only
+
+@dataclasses.dataclass
+class MaskBatch:
+    """A batch of packed rows [B, L] -> the MLM batch (masking vectorised over the batch; the rng comes from
+    grain, seeded by position in the stream)."""
+
+    tokenizer: object
+    max_predictions: int
+    mask_rate: float
+    whole_word_masking: bool
+
+    def mask(self, inputs: np.ndarray, rng: np.random.Generator) -> dict:
+        """mask_tokens on a row [L] or mask_batch on a batch [B, L]."""
+        tok = self.tokenizer
+        mask_fn = mask_tokens if inputs.ndim == 1 else mask_batch
+        return mask_fn(inputs, rng, mask_id=tok.mask_id, vocab_size=tok.vocab_size, special_ids=tok.special_ids,
+                       max_predictions=self.max_predictions, mask_rate=self.mask_rate,
+                       word_starts=tok.word_starts(inputs) if self.whole_word_masking else None)
+
+    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+        out = {"segment_ids": batch["inputs_segment_ids"], "positions": batch["inputs_positions"],
+               "token_types": np.zeros_like(batch["inputs"])}
+        out.update(self.mask(batch["inputs"], rng))
+        return out
+
+
+MLM_KEYS = ("inputs", "segment_ids", "positions", "token_types", "masked_positions", "masked_targets",
+            "masked_weights")
+
+
+def masked_lm_outputs(model, params, batch, rng):
+    """The model's outputs with MLM logits at the masked positions only (dropout on when rng is given)."""
+    return model.apply(
+        {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"),
+        token_types=batch.get("token_types"), positions=batch.get("positions"),
+        masked_positions=batch["masked_positions"], deterministic=rng is None,
+        rngs=None if rng is None else {"dropout": rng})
+
+
+def masked_lm_loss(outputs, batch, config: LossConfig):
+    """(mean MLM cross-entropy over the masked positions, metrics)."""
+    loss, m = losses.weighted_mean_cross_entropy(outputs["mlm_logits"], batch["masked_targets"], batch["masked_weights"],
+                                                  label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+    return loss, {"loss": loss, "lm_loss": m["lm_loss"], "accuracy": m["accuracy"], "mlm_loss": m["lm_loss"],
+                  "mlm_accuracy": m["accuracy"], "num_tokens": m["num_tokens"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM(Objective):
+    """BERT's / RoBERTa's masked LM: sentence chunks `[CLS] ... [SEP]` packed several to a row (segment ids keep
+    them apart), 15% of the tokens masked per batch (RoBERTa's dynamic masking: a fresh mask every epoch), the
+    vocabulary projection computed only at the `max_predictions` masked slots."""
+    name: ClassVar[str] = "mlm"
+    needs_heads: ClassVar[tuple[str, ...]] = ("masked_lm",)
+
+    max_predictions: int = 0  # MLM slots per row (BERT's max_predictions_per_seq); 0 = ceil(seq_len x mask_rate)
+    mask_rate: float = 0.15
+    whole_word_masking: bool = False
+
+    @property
+    def predictions(self) -> int:
+        return self.max_predictions or max(1, math.ceil(self.seq_len * self.mask_rate))
+
+    def check_tokenizer(self, tokenizer):
+        for name in ("cls_id", "sep_id", "mask_id"):
+            getattr(tokenizer, name)  # raises naming the tokenizer file and the missing token
+
+    def batch_spec(self, batch_size):
+        L, P = self.seq_len, self.predictions
+        shapes = {k: (batch_size, P) for k in ("masked_positions", "masked_targets", "masked_weights")}
+        return {k: (shapes.get(k, (batch_size, L)), np.dtype(np.float32 if k == "masked_weights" else np.int32))
+                for k in MLM_KEYS}
+
+    def masker(self, tokenizer) -> MaskBatch:
+        return MaskBatch(tokenizer, self.predictions, self.mask_rate, self.whole_word_masking)
+
+    def dataset(self, source, tokenizer, options):
+        ds = pipeline.documents(source, options).map(SentenceChunks(tokenizer, options.text_key, self.seq_len,
+                                                                    options.stats))
+        it = first_fit_pack(ds.to_iter_dataset(options.grain_read_options), self.seq_len, options.batch_size)
+        it = it.batch(options.batch_size, drop_remainder=options.drop_remainder)
+        it = it.random_map(self.masker(tokenizer), seed=options.mask_seed())
+        return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
+
+    def loss_fn(self, model):
+        config = self.loss
+
+        def loss_fn(params, batch, rng):
+            return masked_lm_loss(masked_lm_outputs(model, params, batch, rng), batch, config)
+
+        return loss_fn
+
+    def train_flops_per_example(self, family, model_config):
+        return (family.backbone_train_flops(model_config, tokens=self.seq_len)
+                + family.lm_head_train_flops(model_config, self.predictions))
+
+    def baselines(self, eval_batches):
+        """MLM accuracy of always predicting the most frequent masked token: the bar a model must clear."""
+        counts = collections.Counter()
+        for batch in eval_batches:
+            targets = batch["masked_targets"][batch["masked_weights"] > 0]
+            counts.update(dict(zip(*(x.tolist() for x in np.unique(targets, return_counts=True)))))
+        total = sum(counts.values())
+        return {"eval_mlm_unigram_baseline_accuracy": max(counts.values()) / total} if total else {}

@@ -1,131 +1,96 @@
-"""Next-sentence-prediction pairs (BERT): `[CLS] A [SEP] B [SEP]` built one instance per call.
+"""BERT's pretraining: masked LM + next-sentence prediction (`mlm_nsp`).
 
-BERT's `create_instances_from_document` walks a document sequentially and emits several instances; here each
-call builds ONE instance from a random position of `documents[doc_index]`, so it runs as a random-access
-(map-style) transform, deterministic given the numpy Generator. Kept from BERT: the target length
-(max_length - 3, or with prob short_seq_prob a random length in [2, max_length - 3]), A = the first a_end
-sentences of a chunk of consecutive sentences, B = the rest of the chunk (label 0) or sentences from a
-random other document (label 1), and `truncate_seq_pair`.
-Changed, so that labels are balanced and no instance is wasted: the label is drawn first (prob
-random_next_prob of 1) for every instance, where BERT forces "random" for one-sentence chunks; a chunk
-always holds >= 2 sentences (a long first sentence is followed by the next one and truncation does the
-rest), and a one-sentence document is split inside its sentence. A one-token one-sentence document cannot
-give a real continuation: its instance gets label 1.
+Each example is a sentence pair `[CLS] A [SEP] B [SEP]` from one document (jaxlm.data.pairing), B the true
+continuation or (half the time) sentences of another document, masked like `mlm`. The pairs are drawn per
+global example index (before the process slice), so every process and every resume sees the same pair and mask
+for an index. Loss: mean MLM cross-entropy + mean NSP cross-entropy on the pooled [CLS].
 """
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import grain
+import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.data import pipeline
+from jaxlm.data.pairing import TokenizedDocuments, make_sentence_pair
+from jaxlm.objectives import losses
+from jaxlm.objectives.mlm import MaskBatch, MaskedLM, masked_lm_loss, masked_lm_outputs
 
-def _as_sentences(document, where):
-    sentences = [np.asarray(s).reshape(-1) for s in document]
-    sentences = [s for s in sentences if s.size]
-    if not sentences:
-        raise ValueError(f"{where} has no tokens (empty documents must be filtered before NSP)")
-    return sentences
-
-
-def truncation_counts(len_a, len_b, max_tokens):
-    """How many tokens BERT's truncate_seq_pair removes from A and from B (it removes one token at a time
-    from the longer side, B on ties) -- in closed form instead of a per-token loop."""
-    excess = len_a + len_b - max_tokens
-    if excess <= 0:
-        return 0, 0
-    diff = abs(len_a - len_b)
-    if diff >= excess:
-        return (excess, 0) if len_a > len_b else (0, excess)
-    rest = excess - diff  # sides are equal after `diff` removals; then B, A, B, A, ...
-    cut_a, cut_b = rest // 2, rest - rest // 2
-    return (cut_a + diff, cut_b) if len_a > len_b else (cut_a, cut_b + diff)
+SALT_PAIRS = pipeline.SALT_EXAMPLE
 
 
-def truncate_seq_pair(tokens_a, tokens_b, max_tokens, rng):
-    """BERT's truncate_seq_pair: each removed token comes from the front or the back with prob 1/2, which
-    only matters through the count removed from the front: a Binomial(n_removed, 1/2) draw."""
-    cut_a, cut_b = truncation_counts(len(tokens_a), len(tokens_b), max_tokens)
-    if cut_a:
-        front = int(rng.binomial(cut_a, 0.5))
-        tokens_a = tokens_a[front:len(tokens_a) - (cut_a - front)]
-    if cut_b:
-        front = int(rng.binomial(cut_b, 0.5))
-        tokens_b = tokens_b[front:len(tokens_b) - (cut_b - front)]
-    return tokens_a, tokens_b
+@dataclasses.dataclass
+class SentencePairExample:
+    """global example index -> sentence pair (random next with prob 1/2) -> masked row."""
+
+    documents: TokenizedDocuments
+    seq_len: int
+    masker: MaskBatch
+    examples_per_document: int = 1
+
+    def __call__(self, example_index, rng: np.random.Generator):
+        doc_index = int(example_index) // self.examples_per_document
+        tok, stats = self.masker.tokenizer, self.documents.stats
+        if not self.documents.sentences(doc_index):
+            if stats is not None:
+                stats.add("empty_skipped")
+            return None  # an empty document makes no example (grain drops the None)
+        if stats is not None:
+            stats.add("documents")
+        pair = make_sentence_pair(self.documents, int(doc_index), rng, max_length=self.seq_len, cls_id=tok.cls_id,
+                                  sep_id=tok.sep_id, pad_id=tok.pad_id)
+        out = {k: pair[k] for k in ("token_types", "segment_ids", "positions")}
+        out["nsp_labels"] = np.int32(pair["nsp_labels"])
+        out.update(self.masker.mask(pair["inputs"], rng))
+        return out
 
 
-def make_sentence_pair(documents, doc_index, rng, *, max_length, cls_id, sep_id, pad_id=0,
-                       random_next_prob=0.5, short_seq_prob=0.1):
-    """One NSP instance from documents[doc_index]. documents: random-access sequence of documents, each a
-    list of sentences, each a 1-D int array of token ids.
+@dataclasses.dataclass(frozen=True)
+class MaskedLMWithNSP(MaskedLM):
+    name: ClassVar[str] = "mlm_nsp"
+    needs_heads: ClassVar[tuple[str, ...]] = ("masked_lm", "next_sentence")
+    min_seq_len: ClassVar[int] = 8
 
-    Returns {'inputs', 'token_types' (0: CLS A SEP, 1: B SEP, 0: pad), 'segment_ids' (1 real, 0 pad),
-    'positions' (arange): int32 [max_length]; 'nsp_labels': int32 scalar (1 = B is random);
-    'b_doc_index': int, the document B came from}.
-    """
-    n_docs = len(documents)
-    if n_docs < 2:
-        raise ValueError(f"NSP needs at least 2 documents to draw random next sentences, got {n_docs}")
-    if not 0 <= doc_index < n_docs:
-        raise ValueError(f"doc_index={doc_index} out of range for {n_docs} documents")
-    max_tokens = max_length - 3
-    if max_tokens < 2:
-        raise ValueError(f"max_length={max_length} leaves no room for [CLS] A [SEP] B [SEP] (need >= 5)")
-    if not (0.0 <= random_next_prob <= 1.0 and 0.0 <= short_seq_prob <= 1.0):
-        raise ValueError(f"random_next_prob={random_next_prob} and short_seq_prob={short_seq_prob} must be "
-                         "probabilities")
+    # Sentence pairs drawn from each document per epoch (each with its own random A chunk, label and mask; BERT's
+    # create_instances_from_document walks a document in several chunks for the same reason).
+    nsp_examples_per_document: int = 1
 
-    sentences = _as_sentences(documents[doc_index], f"documents[{doc_index}]")
-    target_length = max_tokens
-    if rng.random() < short_seq_prob:
-        target_length = int(rng.integers(2, max_tokens + 1))
-    is_random_next = bool(rng.random() < random_next_prob)
+    def __post_init__(self):
+        super().__post_init__()
+        if self.nsp_examples_per_document < 1:
+            raise ValueError(f"config.data.nsp_examples_per_document={self.nsp_examples_per_document} must be >= 1")
 
-    if len(sentences) >= 2:
-        # A chunk of >= 2 consecutive sentences starting at a random sentence, grown to target_length.
-        start = int(rng.integers(0, len(sentences) - 1))
-        end, length = start + 1, sentences[start].size
-        while end < len(sentences) and (end - start < 2 or length < target_length):
-            length += sentences[end].size
-            end += 1
-        a_end = start + (int(rng.integers(1, end - start)) if end - start > 2 else 1)
-        tokens_a = np.concatenate(sentences[start:a_end])
-        tokens_b = np.concatenate(sentences[a_end:end])
-    else:  # one sentence: split it inside
-        only = sentences[0]
-        cut = int(rng.integers(1, only.size)) if only.size >= 2 else 1
-        tokens_a, tokens_b = only[:cut], only[cut:]
-        if tokens_b.size == 0:
-            is_random_next = True
+    def batch_spec(self, batch_size):
+        return {**super().batch_spec(batch_size), "nsp_labels": ((batch_size,), np.dtype(np.int32))}
 
-    b_doc_index = doc_index
-    if is_random_next:
-        b_doc_index = int(rng.integers(0, n_docs - 1))
-        b_doc_index += b_doc_index >= doc_index  # uniform over the other documents
-        other = _as_sentences(documents[b_doc_index], f"documents[{b_doc_index}]")
-        target_b_length = target_length - tokens_a.size
-        pieces, length = [], 0
-        for sentence in other[int(rng.integers(0, len(other))):]:
-            pieces.append(sentence)
-            length += sentence.size
-            if length >= target_b_length:
-                break
-        tokens_b = np.concatenate(pieces)
+    def dataset(self, source, tokenizer, options):
+        documents = TokenizedDocuments(source, tokenizer, options.text_key, options.stats)
+        per_document = self.nsp_examples_per_document
+        ds = pipeline.epochs(grain.MapDataset.range(len(source) * per_document), options)
+        # Before the process slice: the rng is keyed by the *global* example index.
+        ds = ds.random_map(SentencePairExample(documents, self.seq_len, self.masker(tokenizer), per_document),
+                           seed=pipeline.derive_seed(options.seed, SALT_PAIRS))
+        it = pipeline.shard(ds, options).to_iter_dataset(options.grain_read_options)
+        it = it.batch(options.batch_size, drop_remainder=options.drop_remainder)
+        return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
 
-    tokens_a, tokens_b = truncate_seq_pair(tokens_a, tokens_b, max_tokens, rng)
-    la, lb = tokens_a.size, tokens_b.size
-    inputs = np.full(max_length, pad_id, np.int32)
-    inputs[0] = cls_id
-    inputs[1:1 + la] = tokens_a
-    inputs[1 + la] = sep_id
-    inputs[2 + la:2 + la + lb] = tokens_b
-    inputs[2 + la + lb] = sep_id
-    n_real = 3 + la + lb
-    token_types = np.zeros(max_length, np.int32)
-    token_types[2 + la:n_real] = 1
-    segment_ids = np.zeros(max_length, np.int32)
-    segment_ids[:n_real] = 1
-    return {
-        "inputs": inputs,
-        "token_types": token_types,
-        "segment_ids": segment_ids,
-        "positions": np.arange(max_length, dtype=np.int32),
-        "nsp_labels": np.array(int(is_random_next), np.int32),
-        "b_doc_index": int(b_doc_index),
-    }
+    def loss_fn(self, model):
+        config = self.loss
+
+        def loss_fn(params, batch, rng):
+            outputs = masked_lm_outputs(model, params, batch, rng)
+            loss, metrics = masked_lm_loss(outputs, batch, config)
+            segment_ids = batch.get("segment_ids")  # all-padding rows (eval's last batch) count 0
+            real_rows = jnp.ones(batch["nsp_labels"].shape, bool) if segment_ids is None else segment_ids[:, 0] > 0
+            nsp_loss, nsp = losses.weighted_mean_cross_entropy(outputs["nsp_logits"], batch["nsp_labels"],
+                                                               real_rows.astype(jnp.float32))
+            loss = loss + nsp_loss
+            return loss, {**metrics, "loss": loss, "nsp_loss": nsp_loss, "nsp_accuracy": nsp["accuracy"]}
+
+        return loss_fn
+
+    def train_flops_per_example(self, family, model_config):
+        return super().train_flops_per_example(family, model_config) + 6.0 * model_config.hidden_size * 2

@@ -17,9 +17,17 @@ which T5 chose so that a full chunk gives exactly `inputs_length` input tokens (
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
+import jax.numpy as jnp
 import numpy as np
+
+from jaxlm.data import pipeline
+from jaxlm.data.packing import concat_then_split
+from jaxlm.objectives import losses
+from jaxlm.objectives.base import LossConfig, Objective
 
 
 def noise_span_counts(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
@@ -165,3 +173,120 @@ def uncorrupt(inputs, targets, sentinel_ids: Sequence[int], eos_id: int) -> np.n
     for t in real(inputs):
         out.extend(spans.get(sentinels[t], []) if t in sentinels else [t])
     return np.asarray(out, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The objective
+
+SPAN_CORRUPTION_KEYS = ("inputs", "segment_ids", "targets", "decoder_inputs", "weights")
+DECODER_KEYS = ("targets", "decoder_inputs", "weights")
+
+
+@dataclasses.dataclass
+class CorruptChunk:
+    """A concat-then-split chunk -> one span-corrupted row; the rng comes from grain (seeded by position)."""
+
+    sentinel_ids: tuple[int, ...]
+    eos_id: int
+    pad_id: int
+    inputs_length: int
+    targets_length: int
+    noise_density: float
+    mean_noise_span_length: float
+
+    def __call__(self, chunk: dict, rng: np.random.Generator) -> dict:
+        tokens = chunk["tokens"][chunk["tokens_segment_ids"] > 0]
+        return span_corruption_example(
+            tokens, rng, sentinel_ids=self.sentinel_ids, eos_id=self.eos_id, inputs_length=self.inputs_length,
+            targets_length=self.targets_length, noise_density=self.noise_density,
+            mean_noise_span_length=self.mean_noise_span_length, pad_id=self.pad_id, decoder_start_id=self.pad_id)
+
+
+def seq2seq_lm_loss(model, config: LossConfig = LossConfig()):
+    """loss_fn over an encoder-decoder (T5): CE of the decoder's predictions of `targets` given `inputs`
+    (encoder) and `decoder_inputs` (targets shifted right), weighted by `weights`. Span corruption and
+    text-to-text fine-tuning share it. Optional keys: segment_ids (encoder, 0 = padding), decoder_segment_ids,
+    positions, decoder_positions."""
+
+    def loss_fn(params, batch, rng):
+        kwargs = dict(encoder_segment_ids=batch.get("segment_ids"),
+                      decoder_segment_ids=batch.get("decoder_segment_ids"),
+                      encoder_positions=batch.get("positions"), decoder_positions=batch.get("decoder_positions"),
+                      deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+        if config.use_chunks():
+            hidden = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"], return_hidden=True,
+                                 **kwargs)
+            loss_sum, weight_sum, correct = losses.chunked_cross_entropy(
+                hidden, model.output_embedding(params), batch["targets"], batch["weights"],
+                chunk_size=config.logits_chunk_size)
+            denom = jnp.maximum(weight_sum, 1e-8)
+            loss = loss_sum / denom
+            return loss, {"loss": loss, "lm_loss": loss, "accuracy": correct / denom, "num_tokens": weight_sum}
+        logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"], **kwargs)
+        loss, metrics = losses.weighted_mean_cross_entropy(logits, batch["targets"], batch["weights"],
+                                                           label_smoothing=config.label_smoothing,
+                                                           z_loss=config.z_loss)
+        return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}
+
+    return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanCorruption(Objective):
+    """T5's span corruption over documents concatenated with no separator (as T5's C4 task) and cut into chunks
+    that corrupt to exactly seq_len encoder inputs; only the stream's last chunk is shorter (padded).
+
+    Batch (T = targets length, T5's for L, e.g. 114 for 512; one example per row): inputs, segment_ids [B,L]
+    int32 (encoder; sentinels and EOS included, 0 = padding); targets, decoder_inputs [B,T] int32
+    (decoder_inputs = targets shifted right after the decoder start id 0); weights [B,T] float32.
+    """
+    name: ClassVar[str] = "span_corruption"
+    needs_heads: ClassVar[tuple[str, ...]] = ("seq2seq_lm",)
+
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """(raw tokens per chunk, targets length) for seq_len encoder inputs."""
+        return compute_input_and_target_lengths(self.seq_len, self.noise_density, self.mean_noise_span_length)
+
+    def check_tokenizer(self, tokenizer):
+        needed = noise_span_counts(self.lengths[0], self.noise_density, self.mean_noise_span_length)[1]
+        if len(tokenizer.sentinel_ids) < needed:
+            raise ValueError(f"objective span_corruption: {tokenizer!r} has {len(tokenizer.sentinel_ids)} sentinel "
+                             f"tokens (<extra_id_N>) but seq_len={self.seq_len} makes {needed} noise spans per row; "
+                             "train the tokenizer with num_sentinels=100 (config.data.tokenizer_num_sentinels)")
+        tokenizer.eos_id
+
+    def prepare_model_config(self, model_config, tokenizer):
+        # T5's generation and export read EOS from the model config.
+        return dataclasses.replace(model_config, eos_token_id=tokenizer.eos_id)
+
+    def batch_spec(self, batch_size):
+        targets = self.lengths[1]
+        return {k: ((batch_size, targets if k in DECODER_KEYS else self.seq_len),
+                    np.dtype(np.float32 if k == "weights" else np.int32)) for k in SPAN_CORRUPTION_KEYS}
+
+    def init_inputs(self, family, model_config):
+        return family.init_inputs(model_config, 1, self.seq_len, targets=self.lengths[1])
+
+    def dataset(self, source, tokenizer, options):
+        self.check_tokenizer(tokenizer)
+        chunk_length, targets_length = self.lengths
+        ds = pipeline.documents(source, options).map(pipeline.TokenizeDocument(tokenizer, options.text_key,
+                                                                               options.stats))
+        it = concat_then_split(ds.to_iter_dataset(options.grain_read_options), {"tokens": chunk_length})
+        it = it.random_map(CorruptChunk(tuple(tokenizer.sentinel_ids), tokenizer.eos_id, tokenizer.pad_id,
+                                        self.seq_len, targets_length, self.noise_density,
+                                        self.mean_noise_span_length), seed=options.mask_seed())
+        it = it.batch(options.batch_size, drop_remainder=options.drop_remainder)
+        return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
+
+    def loss_fn(self, model):
+        return seq2seq_lm_loss(model, self.loss)
+
+    def train_flops_per_example(self, family, model_config):
+        targets = self.lengths[1]
+        return (family.backbone_train_flops(model_config, tokens=self.seq_len, targets=targets)
+                + family.lm_head_train_flops(model_config, targets))

@@ -1,15 +1,15 @@
-"""Fine-tuning data: task files -> examples (readers) -> fixed-shape features and batches (features) -> model
-outputs -> predictions (postprocess) -> scores (metrics)."""
+"""Fine-tuning tasks, one class per kind (jaxlm.tasks.base.Task; registered in jaxlm.tasks.registry), built on:
+task files -> examples (readers) -> fixed-shape features (features) and batches (batches) -> model outputs ->
+predictions (postprocess) -> scores (metrics)."""
 
+from jaxlm.tasks.base import Task, TaskModel, TaskSpec
+from jaxlm.tasks.batches import EpochBatches, iterate_batches, num_batches, num_rows
 from jaxlm.tasks.features import (
     MODEL_INPUT_KEYS,
     STYLES,
     SequenceLayout,
     classification_features,
     encode_with_offsets,
-    iterate_batches,
-    num_batches,
-    num_rows,
     qa_features,
     seq2seq_features,
     sequence_layout,
@@ -60,8 +60,10 @@ from jaxlm.tasks.readers import (
     tfds_examples,
     tfds_label_names,
 )
+from jaxlm.tasks.registry import TASKS, get_task, register_task, task_for_config
 
 __all__ = [
+    "EpochBatches", "TASKS", "Task", "TaskModel", "TaskSpec", "get_task", "register_task", "task_for_config",
     "CONLL2003_BIO_LABELS", "GLUE_LAYOUTS", "GLUE_METRICS", "MODEL_INPUT_KEYS", "STYLES", "TEXT_METRICS", "Answer",
     "BadInputError", "QAExample", "ReadStats", "Seq2SeqExample", "SequenceLayout", "TextExample", "TextLayout",
     "TokenExample", "accuracy", "average_ranks", "bleu", "classification_features", "compute_metrics",

@@ -22,17 +22,19 @@ plus the task's targets:
     bert     [CLS] a [SEP] b [SEP]       token_types 0 for a, 1 for b
     roberta  <s> a </s> </s> b </s>      token_types all 0
     gpt2     a <eos> b                   no [CLS]; token_types all 0 (classification heads read the last token)
+    xlnet    a <sep> b <sep> <cls>       token_types 0 for a, 1 for b, 2 for <cls> (XLNet's layout: heads read
+                                         the last token)
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from jaxlm.tasks.readers import QAExample, Seq2SeqExample, TextExample, TokenExample
 
-STYLES = ("bert", "roberta", "gpt2")
+STYLES = ("bert", "roberta", "gpt2", "xlnet")
 MODEL_INPUT_KEYS = ("inputs", "segment_ids", "positions", "token_types")
 
 
@@ -49,9 +51,11 @@ class SequenceLayout:
     b_suffix: tuple[int, ...]  # after b
     b_token_type: int
     pad_id: int
+    end: tuple[int, ...] = ()  # after everything (XLNet's <cls>)
+    end_token_type: int = 0
 
     def num_specials(self, pair: bool) -> int:
-        n = len(self.prefix) + len(self.a_suffix)
+        n = len(self.prefix) + len(self.a_suffix) + len(self.end)
         return n + len(self.b_prefix) + len(self.b_suffix) if pair else n
 
 
@@ -72,6 +76,8 @@ def sequence_layout(tokenizer, style: str = "bert") -> SequenceLayout:
         eos = tokenizer.eos_id
         return SequenceLayout((), (), (eos,), (), 0, pad)
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    if style == "xlnet":
+        return SequenceLayout((), (sep,), (), (sep,), 1, pad, end=(cls,), end_token_type=2)
     if style == "bert":
         return SequenceLayout((cls,), (sep,), (), (sep,), 1, pad)
     return SequenceLayout((cls,), (sep,), (sep,), (sep,), 0, pad)
@@ -113,6 +119,8 @@ def _place(features: dict, row: int, layout: SequenceLayout, a: Sequence[int], b
         part_b = [*layout.b_prefix, *b, *layout.b_suffix]
         ids += part_b
         types += [layout.b_token_type] * len(part_b)
+    ids += layout.end
+    types += [layout.end_token_type] * len(layout.end)
     n = len(ids)
     features["inputs"][row, :n] = ids
     features["inputs"][row, n:] = layout.pad_id
@@ -363,6 +371,8 @@ def qa_features(examples: Sequence[QAExample], tokenizer, max_len: int = 384, do
     max_context = np.zeros((n, max_len), bool)
     for row, (index, query, context_ids, offsets, start, length, answer_span, spans, span_index) in enumerate(rows):
         _place(features, row, layout, query, context_ids[start:start + length])
+        if layout.end:  # a window without the answer points at the classification token: XLNet's is last
+            start_positions[row] = end_positions[row] = int(features["segment_ids"][row].sum()) - 1
         first = len(layout.prefix) + len(query) + len(layout.a_suffix) + len(layout.b_prefix)
         token_offsets[row, first:first + length] = offsets[start:start + length]
         for i in range(length):
@@ -387,50 +397,3 @@ def _is_max_context(spans: list[tuple[int, int]], span_index: int, position: int
         if best_score is None or score > best_score:
             best_score, best_index = score, i
     return best_index == span_index
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Batches
-# ----------------------------------------------------------------------------------------------------------------
-
-def num_rows(features: dict[str, np.ndarray]) -> int:
-    sizes = {key: len(value) for key, value in features.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"features disagree on the number of rows: {sizes}")
-    return next(iter(sizes.values()), 0)
-
-
-def num_batches(num_features: int, batch_size: int, drop_remainder: bool = False) -> int:
-    return num_features // batch_size if drop_remainder else -(-num_features // batch_size)
-
-
-def _padding_value(key: str):
-    return -1 if key.endswith("_index") else 0
-
-
-def iterate_batches(features: dict[str, np.ndarray], batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                    epoch: int = 0, drop_remainder: bool = False, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of `batch_size` rows (the global batch), in order or shuffled by a permutation that depends only on
-    (seed, epoch). The final short batch is padded to full size: padding rows are 0 everywhere (so
-    example_weights / label_weights are 0) and -1 in *_index keys; drop_remainder drops it instead.
-
-    process_index / process_count: each process gets its contiguous slice of every global batch
-    (batch_size / process_count rows), for jax.make_array_from_process_local_data.
-    """
-    n = num_rows(features)
-    if batch_size < 1 or batch_size % process_count:
-        raise ValueError(f"batch_size={batch_size} must be a positive multiple of process_count={process_count}")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    local = batch_size // process_count
-    lo, hi = process_index * local, (process_index + 1) * local
-    for b in range(num_batches(n, batch_size, drop_remainder)):
-        rows = order[b * batch_size:(b + 1) * batch_size][lo:hi]
-        batch = {}
-        for key, value in features.items():
-            part = value[rows]
-            if len(rows) < local:
-                pad = np.full((local - len(rows), *value.shape[1:]), _padding_value(key), value.dtype)
-                part = np.concatenate([part, pad])
-            batch[key] = part
-        yield batch

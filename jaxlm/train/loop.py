@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxlm import sharding as shd
 from jaxlm.train import checkpoint as ckpt
 from jaxlm.train import metrics as mx
-from jaxlm.train.step import average_eval_metrics
+from jaxlm.train.evaluation import Evaluator, to_global
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +80,10 @@ def _should_stop(flag: _StopFlag, step: int) -> bool:
     return flag.requested
 
 
-def _to_global(batch: Mapping[str, Any], mesh: Mesh, sharding: NamedSharding) -> Mapping[str, Any]:
-    if all(isinstance(v, jax.Array) for v in batch.values()):
-        return batch
-    return shd.host_local_to_global(batch, mesh, sharding)
-
-
-def evaluate(eval_step: Callable, params: Any, batches: Iterator[Mapping[str, Any]], mesh: Mesh,
-             sharding: NamedSharding, max_batches: int | None = None) -> dict[str, float]:
-    """Sums the eval step's weighted sums over batches on device, then averages once."""
-    total = None
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        sums = eval_step(params, _to_global(batch, mesh, sharding))
-        total = sums if total is None else jax.tree_util.tree_map(lambda a, b: a + b, total, sums)
-    if total is None:
-        raise ValueError("eval_iter_fn() yielded no batches")
-    return average_eval_metrics(jax.device_get(total))
-
-
 def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str, Any]], num_steps: int,
           workdir: str, mesh: Mesh, batch_sharding: NamedSharding | None = None,
           checkpoint_manager: ocp.CheckpointManager | None = None, checkpoint_every: int = 1000,
-          eval_step: Callable | None = None, eval_iter_fn: Callable[[], Iterator] | None = None,
-          eval_every: int = 0, eval_num_batches: int | None = None,
+          evaluate: Evaluator | None = None, eval_every: int = 0,
           log_every: int = 50, flops_per_step: float | None = None, tokens_per_step: int | None = None,
           peak_flops_per_device: float | None = None, config: Any = None,
           progress: bool = True, tensorboard: bool = True, handle_sigterm: bool = True,
@@ -117,7 +96,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
       together with `train_iter`'s position (the iterator needs get_state/set_state for that).
     train_step: `jit_train_step(...)` result, (state, batch) -> (state, metrics).
     train_iter: host-local batches (numpy dicts); made global with `host_local_to_global`.
-    eval_step: `jit_eval_step(...)`; eval_iter_fn() -> a fresh iterator over the eval set.
+    evaluate: evaluate(params) -> dict of metrics (jaxlm.train.evaluation: BatchEvaluator for pretraining,
+      the task's evaluator for fine-tuning); deterministic.
     checkpoint_every / eval_every / log_every: in steps (0 disables periodic eval/checkpoints); the
       final step is always logged, evaluated (if an eval set is given) and checkpointed.
     flops_per_step / tokens_per_step: for tokens/s, TFLOP/s and MFU (per-step totals over all devices).
@@ -193,7 +173,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
     def run_eval() -> None:
         nonlocal last_eval, eval_at, paused
         t = time.perf_counter()
-        last_eval = evaluate(eval_step, state.params, eval_iter_fn(), mesh, batch_sharding, eval_num_batches)
+        last_eval = evaluate(state.params)
         eval_at = step
         writer.write(step, last_eval, "eval")
         paused += time.perf_counter() - t
@@ -224,7 +204,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                     status = "data_exhausted"
                     log.warning("training data ran out at step %d of %d", step, num_steps)
                     break
-                state, metrics = train_step(state, _to_global(batch, mesh, batch_sharding))
+                state, metrics = train_step(state, to_global(batch, mesh, batch_sharding))
                 step += 1
                 pending.append((step, metrics))
                 bar.update()
@@ -236,8 +216,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                 else:
                     interval_steps += 1
                 last = step == num_steps
-                do_eval = eval_step is not None and eval_iter_fn is not None and (
-                    last or (eval_every and step % eval_every == 0))
+                do_eval = evaluate is not None and (last or (eval_every and step % eval_every == 0))
                 do_ckpt = last or (checkpoint_every and step % checkpoint_every == 0)
                 if last or do_eval or do_ckpt or step % max(log_every, 1) == 0:
                     flush_and_check()

@@ -1,4 +1,4 @@
-"""FLOPs, MFU, metric writers (JSONL, TensorBoard, tqdm) and the end-of-run report.
+"""Peak FLOP/s, MFU, metric writers (JSONL, TensorBoard, tqdm) and the end-of-run report.
 
 Only process 0 writes files or draws the progress bar; other processes get no-op writers. The workdir may
 be local or remote (gs://, s3://, ...): files go through etils.epath, like Orbax's checkpoints.
@@ -30,14 +30,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 TENSORBOARD_DIR = "tensorboard"
 
 # ---------------------------------------------------------------------------------------------
-# FLOPs and MFU
-
-
-def transformer_train_flops_per_token(num_non_embedding_params: int, num_layers: int, d_model: int,
-                                      seq_len: int) -> float:
-    """Training FLOPs per token: 6N (forward + backward matmuls) + 12 * layers * d_model * seq
-    (attention scores and values, forward + backward; DESIGN.md section 6, Kaplan et al. / PaLM)."""
-    return 6.0 * num_non_embedding_params + 12.0 * num_layers * d_model * seq_len
+# Peak FLOP/s and MFU (the FLOPs themselves are counted by the model families: jaxlm.models.family)
 
 
 # Dense bf16 peak FLOP/s per device. Matched against jax's device_kind, most specific first.

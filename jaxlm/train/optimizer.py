@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.train.backbone import layerwise_lr_scales, scale_updates
+
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "rsqrt_decay", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 # Leaf names that are never decayed whatever their rank (a scanned layer stack turns a bias [d] into
@@ -23,12 +25,14 @@ NO_DECAY_NAMES = ("bias", "scale")
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Optimizer + schedule settings. `learning_rate` is the peak value reached after warmup."""
+    """Optimizer + schedule settings, for pretraining and fine-tuning alike (config.optimizer has exactly these
+    keys, from this class). `learning_rate` is the peak value reached after warmup."""
 
     name: str = "adamw"
     learning_rate: float = 1e-4
-    warmup_steps: int = 0
-    total_steps: int = 10_000           # where linear/cosine decay reach end_learning_rate
+    warmup_steps: int = 0               # -1: warmup_ratio x total steps (fine-tuning recipes state a ratio)
+    warmup_ratio: float = 0.0
+    total_steps: int = -1               # where linear/cosine decay reach end_learning_rate; -1: the run's steps
     schedule: str = "linear"
     end_learning_rate: float = 0.0
     b1: float = 0.9
@@ -36,6 +40,9 @@ class OptimizerConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0   # None or 0: no clipping
+    # < 1: layer l of L trains with lr x decay^(L - l), embeddings with decay^(L + 1), head and pooler with lr
+    # (ELECTRA, Clark et al. 2020, e.g. 0.8 for base models).
+    layerwise_lr_decay: float = 1.0
     # Adafactor only.
     adafactor_decay_rate: float = 0.8
     adafactor_clipping_threshold: float | None = 1.0
@@ -43,15 +50,24 @@ class OptimizerConfig:
     adafactor_factored: bool = True
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name={self.name!r}; expected one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optimizer.schedule={self.schedule!r}; expected one of {SCHEDULES}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
-        if self.schedule in ("linear", "cosine") and self.total_steps <= self.warmup_steps:
-            raise ValueError(f"optimizer.total_steps={self.total_steps} must exceed "
-                             f"optimizer.warmup_steps={self.warmup_steps} for a {self.schedule} decay")
+        checks = [
+            (self.name in OPTIMIZERS, f"optimizer.name={self.name!r}; expected one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"optimizer.schedule={self.schedule!r}; expected one of {SCHEDULES}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+             f"optimizer.learning_rate={self.learning_rate} must be a finite number >= 0"),
+            (self.end_learning_rate >= 0, f"optimizer.end_learning_rate={self.end_learning_rate} must be >= 0"),
+            (self.warmup_steps >= -1, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0 (or -1: "
+                                      "warmup_ratio x total steps)"),
+            (0 <= self.warmup_ratio <= 1, f"optimizer.warmup_ratio={self.warmup_ratio} must be in [0, 1]"),
+            (self.total_steps >= -1 and self.total_steps != 0,
+             f"optimizer.total_steps={self.total_steps} must be > 0 (or -1: the run's steps)"),
+            (0 < self.layerwise_lr_decay <= 1,
+             f"optimizer.layerwise_lr_decay={self.layerwise_lr_decay} must be in (0, 1]"),
+            (self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay} must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | Any) -> "OptimizerConfig":
@@ -62,6 +78,27 @@ class OptimizerConfig:
         if unknown:
             raise ValueError(f"unknown optimizer config keys {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+    def resolved(self, num_steps: int | None = None) -> "OptimizerConfig":
+        """total_steps and warmup_steps as numbers: -1 total = the run's `num_steps`, -1 warmup = warmup_ratio x
+        total. A run of 0 or 1 steps (evaluation only) gets a decay that still ends after its warmup."""
+        total = self.total_steps
+        needs_total = self.schedule in ("linear", "cosine") or self.warmup_steps < 0
+        if total < 0 and num_steps is None and not needs_total:
+            return self  # a constant or 1/sqrt schedule never reads total_steps
+        if total < 0:
+            if num_steps is None or num_steps < 1:
+                raise ValueError(f"optimizer.total_steps=-1 takes the run's number of steps, which is {num_steps}; "
+                                 "set the run's steps (config.train.num_steps / num_epochs) to a positive number")
+            total = num_steps
+        warmup = self.warmup_steps if self.warmup_steps >= 0 else int(round(self.warmup_ratio * total))
+        if self.schedule in ("linear", "cosine") and total <= warmup:
+            if self.total_steps < 0:
+                total = warmup + 1  # warmup_ratio 1, or a 1-step run
+            else:
+                raise ValueError(f"optimizer.total_steps={total} must exceed optimizer.warmup_steps={warmup} for a "
+                                 f"{self.schedule} decay")
+        return dataclasses.replace(self, total_steps=total, warmup_steps=warmup)
 
 
 def make_schedule(cfg: OptimizerConfig) -> Callable[[Any], jax.Array]:
@@ -102,12 +139,15 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any],
+def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any], *, num_steps: int | None = None, params: Any = None,
                    weight_decay_mask: Callable[[Any], Any] = decay_mask,
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
-    """Returns (optax transform, schedule). Clipping (global norm) comes first in the chain."""
+    """Returns (optax transform, schedule). Clipping (global norm) comes first in the chain; layer-wise lr decay
+    (layerwise_lr_decay < 1) scales the updates last and needs the (abstract) params to know the layers.
+    num_steps: the run's steps, for total_steps / warmup_steps of -1."""
     if not isinstance(cfg, OptimizerConfig):
         cfg = OptimizerConfig.from_dict(cfg)
+    cfg = cfg.resolved(num_steps)
     schedule = make_schedule(cfg)
     if cfg.name == "adamw":
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
@@ -121,4 +161,8 @@ def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any],
             weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=weight_decay_mask)
     if cfg.max_grad_norm:
         opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+    if cfg.layerwise_lr_decay < 1:
+        if params is None:
+            raise ValueError("optimizer.layerwise_lr_decay < 1 needs the params (make_optimizer(..., params=))")
+        opt = optax.chain(opt, scale_updates(layerwise_lr_scales(params, cfg.layerwise_lr_decay)))
     return opt, schedule

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from flax.core import meta
 from jax.sharding import Mesh
 
 from jaxlm import sharding as shd
+from jaxlm.models.common import unbox
 
 
 @struct.dataclass
@@ -53,12 +53,6 @@ class StateLayout:
     shardings: TrainState
     abstract: TrainState
     logical_specs: Any
-
-
-def unbox(tree: Any) -> Any:
-    """Strips nn.Partitioned boxes without applying sharding constraints."""
-    return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, meta.AxisMetadata) else x,
-                                  tree, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
 def _params_of(init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> Any:
@@ -142,7 +136,3 @@ def create_train_state(init_fn: Callable[[jax.Array], Any], optimizer: optax.Gra
     # DenseGeneral applies its (rank-3) logical constraint to the flat rank-2 kernel it initialises.
     state = jax.jit(init, out_shardings=layout.shardings)(_raw_key(rng))
     return state, layout
-
-
-def count_params(params: Any) -> int:
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

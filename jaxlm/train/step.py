@@ -113,11 +113,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Mapping[str, jax.Array]], dict]:
-    """eval(params, batch) -> weighted metric *sums* plus 'weight', to be summed over batches and
-    divided once (`average_eval_metrics`). Pass a deterministic loss_fn (no dropout); rng is fixed."""
+    """eval(params, batch) -> weighted metric *sums* plus 'weight', to be summed over batches and divided once
+    (`average_eval_metrics`). Deterministic: the loss runs with rng None (no dropout, whatever is configured)."""
 
     def evaluate(params, batch):
-        loss, metrics = loss_fn(params, batch, jax.random.PRNGKey(0))
+        loss, metrics = loss_fn(params, batch, None)
         w = _weight(metrics)
         sums = {k: jnp.asarray(v, jnp.float32) * w for k, v in metrics.items() if k != WEIGHT_KEY}
         sums["loss"] = jnp.asarray(loss, jnp.float32) * w
@@ -128,12 +128,14 @@ def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Mapping[str, jax.Array]], 
 
 
 def average_eval_metrics(sums: Mapping[str, Any]) -> dict[str, float]:
-    """Summed eval outputs -> means, plus perplexity = exp(mean loss) and num_tokens (weight sum)."""
+    """Summed eval outputs -> means, num_tokens (the weight sum), and perplexity = exp(mean lm_loss) when the
+    loss reports an `lm_loss` (its language-modelling part: never exp of a loss with NSP or z-loss in it)."""
     weight = float(sums["weight"])
     if weight <= 0:
         raise ValueError("evaluation saw no weighted tokens (weight sum is 0): is the eval set empty?")
     out = {k: float(v) / weight for k, v in sums.items() if k != "weight"}
-    out["perplexity"] = float(jnp.exp(jnp.minimum(out["loss"], 80.0)))
+    if "lm_loss" in out:
+        out["perplexity"] = float(jnp.exp(jnp.minimum(out["lm_loss"], 80.0)))
     out[WEIGHT_KEY] = weight
     return out
 

@@ -9,9 +9,7 @@ def get_config(family="gpt2"):
     c.objective = {"bert": "mlm_nsp", "roberta": "mlm", "gpt2": "clm"}[family]
     c.model.family = family
     c.model.size = ""
-    with c.model.unlocked():
-        for k, v in TINY.items():
-            c.model[k] = v
+    c.model.update(TINY)
     c.data.tokenizer_vocab_size = 500
     c.data.seq_len = 32
     c.data.max_predictions = 5

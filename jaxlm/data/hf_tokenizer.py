@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from etils import epath
 
+from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.paths import open_text
 
 # Files that make up an HF tokenizer; the converter copies those present.
@@ -257,7 +258,7 @@ def find_tokenizer_files(model_dir: str) -> list[str]:
     return [name for name in TOKENIZER_FILES if _is_file(os.path.join(model_dir, name))]
 
 
-def load_tokenizer(model_dir: str, family: str | None = None):
+def load_hf_tokenizer(model_dir: str, family: str | None = None):
     """The tokenizer in an HF model directory: HFTokenizer, or jaxlm.data.Tokenizer for spiece.model.
 
     Returns None when the directory holds no tokenizer files. `family` ('bert', 'roberta', 'gpt2') picks the
@@ -266,10 +267,10 @@ def load_tokenizer(model_dir: str, family: str | None = None):
     config = _read_json(os.path.join(model_dir, "tokenizer_config.json"))
     path = lambda name: os.path.join(model_dir, name)  # noqa: E731
     if _is_file(path("tokenizer.json")):
-        from tokenizers import Tokenizer
+        import tokenizers
 
         # from_file opens local files only
-        backend = Tokenizer.from_str(epath.Path(path("tokenizer.json")).read_bytes().decode("utf-8"))
+        backend = tokenizers.Tokenizer.from_str(epath.Path(path("tokenizer.json")).read_bytes().decode("utf-8"))
         # Released tokenizer.json files often carry fixed padding and truncation (e.g. sentence-transformers'
         # "padding": {"strategy": {"Fixed": 128}}): with them on, encode() would return 128 ids ending in pad
         # ids and cut long texts. jaxlm's features pad, truncate and stride themselves, from its own config.
@@ -287,8 +288,6 @@ def load_tokenizer(model_dir: str, family: str | None = None):
         return HFTokenizer(backend, names, kind="byte_level_bpe", source=path("vocab.json"))
     for name in ("spiece.model", "sentencepiece.bpe.model"):
         if _is_file(path(name)):
-            from jaxlm.data.tokenizer import Tokenizer
-
             # T5Tokenizer appends `extra_ids` sentinels (100) after the sentencepiece pieces. Tokenizer reads
             # the model through epath itself.
             return Tokenizer(path(name), extra_ids=int(config.get("extra_ids", 0) or 0))

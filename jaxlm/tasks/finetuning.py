@@ -1,0 +1,157 @@
+"""A fine-tuning config -> its task, task spec, backbone config, task model and tokenizer (`setup`); and a
+fine-tuned run loaded back from its workdir (`load_finetuned`), for evaluate and predict.
+
+The backbone comes from config.init_checkpoint (a pretraining run, an import, or another fine-tuning run: its
+saved model config, with config.model's run-time fields applied), or, without one, a random model of
+config.model.family / size shaped by any model field config.model sets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxlm import sharding as shd
+from jaxlm import workdir as wd
+from jaxlm.data import find_run_tokenizer, load_tokenizer
+from jaxlm.models import family_of, get_family
+from jaxlm.models.registry import apply_runtime_overrides, model_config_from_section
+from jaxlm.paths import open_text, resolved
+from jaxlm.tasks.base import LOWER_IS_BETTER, Task, TaskSpec
+from jaxlm.tasks.registry import get_task, task_for_config
+from jaxlm.train.checkpoint import CHECKPOINT_DIR
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Setup:
+    task: Task
+    spec: TaskSpec
+    model_config: Any
+    model: Any
+    tokenizer_path: str
+    tokenizer: Any
+
+
+def setup(config, workdir: str | None = None) -> Setup:
+    """Everything a fine-tuning run builds from its config before touching data or devices; reads the init
+    checkpoint's saved config (not its arrays)."""
+    init = config.init_checkpoint
+    step = None if config.init_step < 0 else config.init_step
+    model_config, saved = wd.read_model_config(init, step) if init else (None, None)
+    if config.tokenizer:
+        tokenizer_path = config.tokenizer
+    elif init:
+        tokenizer_path = find_run_tokenizer(wd.run_dir(init), saved)
+    elif workdir and os.path.exists(os.path.join(workdir, "tokenizer.model")):
+        tokenizer_path = os.path.join(workdir, "tokenizer.model")
+    else:
+        raise ValueError("config.init_checkpoint='' (a randomly initialised backbone) needs config.tokenizer")
+    if model_config is None and not config.model.family:
+        raise ValueError("config.init_checkpoint='' (a randomly initialised backbone) needs config.model.family")
+    family_name = model_config.family if model_config is not None else config.model.family
+    tokenizer = load_tokenizer(tokenizer_path, family_name)
+    if model_config is None:  # a random backbone: config.model.size, reshaped by the fields config.model sets
+        model_config = model_config_from_section(config.model, vocab_size=tokenizer.vocab_size)
+    else:
+        check_family(config.model.family, model_config, init)
+        model_config = apply_runtime_overrides(model_config, config.model, where=f"the checkpoint {init}")
+    family = family_of(model_config)
+    task = task_for_config(config)
+    spec = task.spec(config, family)
+    spec = task.with_model(spec, model_config)
+    task.check_fits(spec, model_config, tokenizer)
+    return Setup(task, spec, model_config, task.model(spec, model_config), tokenizer_path, tokenizer)
+
+
+def task_spec(config, family: str) -> TaskSpec:
+    """The task spec of a fine-tuning config for a backbone of `family` (checks that the task fits the data)."""
+    return task_for_config(config).spec(config, get_family(family))
+
+
+def task_model(model_config, task: str, num_labels: int = 2, head_dropout: float | None = None):
+    """A task model (backbone + a fresh head) without a config: `task_model(bert_config, 'classification', 3)`;
+    regression has one output, QA two."""
+    num_labels = {"regression": 1, "question_answering": 2}.get(task, num_labels)
+    labels = tuple(str(i) for i in range(num_labels)) if task in ("classification", "token_classification") else None
+    spec = TaskSpec(task=task, format="", labels=labels, pair=False, style="bert", max_len=8, head_dropout=head_dropout)
+    return get_task(task).model(spec, model_config)
+
+
+def check_family(wanted: str, model_config, init: str) -> None:
+    """config.model.family names the model a recipe is for; a checkpoint of another network is an error (a
+    variant of the same network, T5 v1.1 for T5 or RoBERTa for BERT, is logged and fine-tuned as it is)."""
+    if not wanted or wanted == model_config.family:
+        return
+    if get_family(wanted).config_cls is not type(model_config):
+        raise ValueError(f"config.model.family={wanted!r}, but config.init_checkpoint={init!r} holds a "
+                         f"{model_config.family!r} model: this recipe is for another network (set "
+                         f"--config.model.family={model_config.family} to fine-tune it anyway)")
+    log.warning("config.model.family=%r; the checkpoint %s is a %r model and is fine-tuned as one", wanted, init,
+                model_config.family)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A fine-tuned run, loaded back
+
+@dataclasses.dataclass
+class FinetunedRun:
+    workdir: str
+    step: int
+    config: dict  # the run's saved config (finetune_config().to_dict() + model_config, task_spec, ...)
+    task: Task
+    spec: TaskSpec
+    model: Any
+    params: Any  # on `mesh`, sharded as in training
+    tokenizer: Any
+    mesh: Any
+    param_shardings: Any
+
+    def predictor(self, batch_size: int | None = None):
+        return self.task.predictor(self.spec, self.model, self.mesh, self.param_shardings,
+                                   batch_size or self.config["train"]["eval_batch_size"], self.tokenizer)
+
+
+def best_step(workdir: str, metric: str) -> int | None:
+    """The step whose saved dev metrics are best (None if no checkpoint carries `metric`)."""
+    mode = "min" if metric in LOWER_IS_BETTER else "max"
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=lambda m: float(m[metric]),
+                                           best_mode=mode)
+    try:
+        with ocp.CheckpointManager(resolved(workdir) / CHECKPOINT_DIR, options=options) as manager:
+            return manager.best_step()
+    except (KeyError, TypeError):
+        return None
+
+
+def load_finetuned(workdir: str, step: int | None = None, mesh=None) -> FinetunedRun:
+    """A fine-tuning run's model, params (best dev checkpoint unless `step`), restored straight onto the mesh,
+    its tokenizer and task spec."""
+    saved = wd.read_config(workdir, step)
+    if saved is None or "task_spec" not in saved:
+        raise ValueError(f"{workdir}: not a fine-tuning run (its checkpoint config has no task_spec)")
+    spec = TaskSpec.from_dict(saved["task_spec"])
+    task = get_task(spec.task)
+    if step is None:
+        step = best_step(workdir, saved.get("best_metric") or task.best_metric(spec))
+    model_config = wd.model_config_from_saved(saved)
+    model = task.model(spec, model_config)
+    mesh = mesh or shd.make_mesh()
+    target = wd.abstract_params(model, task.init_batch(spec), mesh)
+    params, _, step = wd.read_params(workdir, step, target=target)
+    param_shardings = jax.tree.map(lambda a: a.sharding, target)
+    tokenizer = load_tokenizer(find_run_tokenizer(workdir, saved), model_config.family)
+    return FinetunedRun(workdir, step, saved, task, spec, model, params, tokenizer, mesh, param_shardings)
+
+
+def write_json(path: str, obj) -> None:
+    """Process 0 writes `obj` to `path` (local or remote)."""
+    if jax.process_index() == 0:
+        with open_text(path, "w") as f:
+            json.dump(obj, f, indent=2)
