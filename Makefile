@@ -8,7 +8,7 @@ CORE_STAMP := $(VENV)/.core-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test test-fast bench clean
+.PHONY: install install-test demo lint test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: install
 # Huge pages here too (the suite is mostly XLA CPU steps); --durations lists what to trim when it grows.
 test: install-test
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# pyflakes, pycodestyle, import order and likely bugs ([tool.ruff] in pyproject.toml); CI runs it before the tests.
+lint: install-test
+	$(BIN)/ruff check jaxlm tests benchmarks tpu configs
 
 # Everything except the end-to-end runs marked `slow`.
 test-fast: install-test

@@ -194,8 +194,9 @@ COLUMNS = ("config", "hardware", "chips", "hosts", "params", "FLOPs/token", "ste
 
 def rows(estimates: list[Estimate]) -> list[tuple[str, ...]]:
     return [(e.config, e.hardware.name, str(e.hardware.chips), str(e.hardware.hosts), _count(e.model.total_params),
-             _count(e.flops_per_token), _count(e.steps), _count(e.tokens), f"{e.flops:.3g}", _count(e.tokens_per_second), _duration(e.seconds),
-             _usd(e.usd_on_demand), _usd(e.usd_spot)) for e in estimates]
+             _count(e.flops_per_token), _count(e.steps), _count(e.tokens), f"{e.flops:.3g}",
+             _count(e.tokens_per_second), _duration(e.seconds), _usd(e.usd_on_demand), _usd(e.usd_spot))
+            for e in estimates]
 
 
 def format_table(estimates: list[Estimate], markdown: bool = False) -> str:
@@ -211,9 +212,9 @@ def format_table(estimates: list[Estimate], markdown: bool = False) -> str:
 def footnote(mfu: float) -> str:
     prices = ", ".join(f"{k} ${v:.2f}" for k, v in ON_DEMAND_USD_PER_CHIP_HOUR.items() if v is not None)
     return (f"At {mfu:.0%} MFU of dense bf16 peak; FLOPs per token = 6 x matmul weights per token + 12 x layers x "
-            f"width x keys (attention), the vocabulary projection where the objective projects. On-demand USD per chip-hour ({PRICES_AS_OF} list prices, "
-            f"US regions): {prices}; spot = {SPOT_FRACTION:.0%} of on-demand (assumed). Train steps only: no "
-            "evaluation, checkpointing, compilation or queueing time.")
+            "width x keys (attention), the vocabulary projection where the objective projects. On-demand USD per "
+            f"chip-hour ({PRICES_AS_OF} list prices, US regions): {prices}; spot = {SPOT_FRACTION:.0%} of on-demand "
+            "(assumed). Train steps only: no evaluation, checkpointing, compilation or queueing time.")
 
 
 def main(argv: list[str] | None = None) -> int:

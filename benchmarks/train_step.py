@@ -551,9 +551,9 @@ def main(argv=None) -> int:
                     "nothing executed)", ["scan", "layers", "lower s", "compile s", "total s",
                                           "StableHLO kchars"], rows)
 
-    print(f"\nstep s: median wall time per step; best s: fastest step; CPU s: this process's CPU seconds per "
-          f"step (median); others: cores kept busy by other processes during the timed steps (0 = quiet "
-          f"machine); (same HLO): XLA compiled the identical program as with default flags.")
+    print("\nstep s: median wall time per step; best s: fastest step; CPU s: this process's CPU seconds per "
+          "step (median); others: cores kept busy by other processes during the timed steps (0 = quiet "
+          "machine); (same HLO): XLA compiled the identical program as with default flags.")
     print(f"load average at end (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"wall time {(time.time() - start) / 60:.1f} min")
     if args.json:

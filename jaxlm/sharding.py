@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax.core import meta
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax.traverse_util import flatten_dict, unflatten_dict
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxlm import sharding as shd
 from jaxlm.data.tokenizer_io import find_run_tokenizer, load_tokenizer

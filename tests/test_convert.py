@@ -18,8 +18,8 @@ pytest.importorskip("tokenizers", reason="HF tokenizer tests need the tokenizers
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from jaxlm.convert import import_hf, load_hf, save_hf  # noqa: E402
-from jaxlm.data import load_tokenizer  # noqa: E402
 from jaxlm.convert.__main__ import main as convert_main  # noqa: E402
+from jaxlm.data import load_tokenizer  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 
 TEXTS = ["the quick brown fox jumps over the lazy dog.", "a lazy dog sleeps; the fox jumps again!",
@@ -457,6 +457,7 @@ def test_tokenizer_json_with_baked_padding_and_truncation_encodes_every_token(tm
     assert row[n_real:] == [0] * (12 - n_real)
     # A SQuAD context longer than the baked 16 tokens is windowed by doc_stride, not cut at 16 first.
     context = " ".join(TEXTS * 2)
-    qa = tasks.qa_features([tasks.QAExample("q", "who jumps?", context, (tasks.Answer("the fox", context.rindex("the fox")),))],
-                           ours, max_len=24, doc_stride=8, max_query_len=8)
+    answer = tasks.Answer("the fox", context.rindex("the fox"))
+    qa = tasks.qa_features([tasks.QAExample("q", "who jumps?", context, (answer,))], ours, max_len=24, doc_stride=8,
+                           max_query_len=8)
     assert len(qa["inputs"]) > 3 and qa["start_positions"].max() > 0

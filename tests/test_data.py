@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from jaxlm.data import (
-    DataNotPreparedError, DataStats, Tokenizer, load_data_source, prepare_pydoc, prepare_text_files, train_tokenizer,
+    DataNotPreparedError,
+    DataStats,
+    Tokenizer,
+    load_data_source,
+    prepare_pydoc,
+    prepare_text_files,
+    train_tokenizer,
 )
 from jaxlm.data.corpus import pydoc_documents, split_long_text
 from jaxlm.objectives import get_objective

@@ -5,7 +5,6 @@ One tiny random GPT-2 built with transformers and imported with jaxlm.convert.lo
 initialiser range is raised so next-token distributions are peaked: argmax and top-k/top-p sets are then far
 from float ties). Tests share prompt shapes and GenerationConfigs where they can, so compiles are reused.
 """
-import dataclasses
 
 import jax
 import jax.numpy as jnp

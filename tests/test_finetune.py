@@ -284,7 +284,6 @@ def test_roberta_glue_configs_follow_their_table(monkeypatch):
     import importlib.util
     import re
 
-    from jaxlm import tasks
     from jaxlm.tasks import readers
 
     monkeypatch.setattr(readers, "tfds_label_names", lambda name, split, data_dir=None: None)

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from synthetic import clm_batch
 
 from jaxlm.models import build_model, get_model_config

@@ -5,7 +5,6 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
-
 from synthetic import clm_batch
 
 from jaxlm import sharding as shd
@@ -71,7 +70,8 @@ def test_meshes_give_the_same_losses_and_params_follow_the_rules(family, objecti
             embedding = state.params["token_embeddings"]["embedding"]
             lead = (None,)  # the scanned `layers` axis is never sharded
         # Rules: embed -> fsdp; heads, mlp, vocab -> tensor; kv -> None.
-        assert layer["attention"]["query"]["kernel"].sharding.spec == P(*lead, "fsdp", "tensor")  # kv -> None (trailing Nones are dropped)
+        # kv -> None (trailing Nones are dropped)
+        assert layer["attention"]["query"]["kernel"].sharding.spec == P(*lead, "fsdp", "tensor")
         assert layer["attention"]["out"]["kernel"].sharding.spec == P(*lead, "tensor", None, "fsdp")
         assert layer["mlp"]["wi"]["kernel"].sharding.spec == P(*lead, "fsdp", "tensor")
         assert embedding.sharding.spec == P("tensor", "fsdp")

@@ -7,8 +7,14 @@ import pytest
 
 from jaxlm.data import train_tokenizer
 from jaxlm.data.corpus import pydoc_documents
-from jaxlm.objectives.span_corruption import (SpanCorruption, compute_input_and_target_lengths, noise_span_counts,
-                                              random_spans_noise_mask, span_corruption_example, uncorrupt)
+from jaxlm.objectives.span_corruption import (
+    SpanCorruption,
+    compute_input_and_target_lengths,
+    noise_span_counts,
+    random_spans_noise_mask,
+    span_corruption_example,
+    uncorrupt,
+)
 
 SENTINELS = tuple(range(7, 107))  # jaxlm's layout: <extra_id_0> is id 7
 EOS = 3

@@ -23,8 +23,7 @@ from jaxlm.train import optimizer as opt
 from jaxlm.train.evaluation import BatchEvaluator, evaluate_batches
 from jaxlm.train.loop import NonFiniteLossError, train
 from jaxlm.train.state import abstract_train_state, create_train_state
-from jaxlm.train.step import (jit_eval_step, jit_train_step, make_eval_step, make_train_step,
-                              split_microbatches)
+from jaxlm.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step, split_microbatches
 
 VOCAB, D, MLP, B, L = 64, 16, 32, 16, 8
 
@@ -425,7 +424,8 @@ def test_nan_loss_stops_with_the_step_named_and_last_checkpoint_intact(tmp_path)
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted_run(tmp_path):
     eval_fn = setup("8x1x1")[3]
     mesh = setup("8x1x1")[0]
-    eval_kw = dict(evaluate=BatchEvaluator(eval_fn, lambda: (make_batch(100 + i) for i in range(2)), mesh), eval_every=4)
+    evaluator = BatchEvaluator(eval_fn, lambda: (make_batch(100 + i) for i in range(2)), mesh)
+    eval_kw = dict(evaluate=evaluator, eval_every=4)
     full = _run_loop(tmp_path / "full", 8, BatchIterator(), **eval_kw)
     assert full["status"] == "completed" and full["final_step"] == 8 and full["checkpoint_step"] == 8
 
@@ -470,7 +470,7 @@ def test_eval_average_weights_batches_by_tokens():
     batches[1]["weights"][:, 4:] = 0.0   # fewer tokens in the second batch
     got = evaluate_batches(evaluate, state.params, iter(batches), mesh, shd.batch_sharding(mesh))
     loss_fn = jax.jit(make_loss())
-    losses, counts = zip(*[(float(l), float(m["num_tokens"])) for l, m in
+    losses, counts = zip(*[(float(loss), float(m["num_tokens"])) for loss, m in
                            (loss_fn(jax.device_get(state.params), b, None) for b in batches)])
     assert got["loss"] == pytest.approx(np.dot(losses, counts) / sum(counts), rel=1e-5)
     assert got["num_tokens"] == sum(counts)

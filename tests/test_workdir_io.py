@@ -99,7 +99,8 @@ def test_metrics_tensorboard_summary_and_plot_go_to_the_bucket(bucket):
 def test_pretraining_tokenizer_is_trained_into_and_read_from_the_bucket(bucket, monkeypatch):
     from ml_collections import ConfigDict
 
-    from jaxlm.data import corpus, sources as data_sources
+    from jaxlm.data import corpus
+    from jaxlm.data import sources as data_sources
 
     sources = sorted(glob.glob(os.path.join(os.path.dirname(mx.__file__), "..", "**", "*.py"), recursive=True))
     texts = [{"text": epath.Path(f).read_text()} for f in sources]
@@ -110,7 +111,8 @@ def test_pretraining_tokenizer_is_trained_into_and_read_from_the_bucket(bucket, 
     trained = data_sources.load_or_train_tokenizer(data, ROOT, "code")
     assert trained.model_file == ROOT + "/tokenizer.model"
     assert epath.Path(ROOT, "tokenizer.vocab").exists()
-    monkeypatch.setattr(corpus, "load_data_source", lambda *args: pytest.fail("trained again"))  # a resumed run reads it
+    # a resumed run reads it
+    monkeypatch.setattr(corpus, "load_data_source", lambda *args: pytest.fail("trained again"))
     again = data_sources.load_or_train_tokenizer(data, ROOT, "code")
     assert again.model_file == trained.model_file and again.vocab_size == trained.vocab_size == 300
     assert again.encode("def f(x): return x") == trained.encode("def f(x): return x")

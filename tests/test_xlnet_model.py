@@ -19,8 +19,7 @@ transformers = pytest.importorskip("transformers", reason="XLNet parity tests ne
 
 from jaxlm.convert import hf_xlnet  # noqa: E402
 from jaxlm.layers import stack_layers, unstack_layers  # noqa: E402
-from jaxlm.layers.relative_attention import (rel_gather, rel_shift, relative_positional_encoding,  # noqa: E402
-                                             xlnet_masks)
+from jaxlm.layers.relative_attention import rel_gather, rel_shift, relative_positional_encoding, xlnet_masks  # noqa: E402
 from jaxlm.models.common import count_params  # noqa: E402
 from jaxlm.models.xlnet import XLNET_SIZES, XLNetConfig, XLNetLMHeadModel, xlnet_config  # noqa: E402
 

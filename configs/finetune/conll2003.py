@@ -13,7 +13,6 @@ Data licence: Reuters text, research use only (../shared/data/README.md).
 from jaxlm.config_defaults import finetune_config, shared_data
 
 
-
 def get_config():
     c = finetune_config()
     c.task = "token_classification"

@@ -23,7 +23,6 @@ MRPC F1 82.3, STS-B Pearson 82.0, QQP F1 70.3 (GLUE score 72.8).
 """
 from jaxlm.config_defaults import finetune_config, use_glue_data
 
-
 # task -> the dev metric that keeps the best checkpoint and GPT's reported test score (x100) in that metric (where
 # the data is: config_defaults.use_glue_data).
 TASKS = {

@@ -12,7 +12,6 @@ Reproduces: BERT paper table 1 (GLUE test), MRPC F1 88.9 (BERT-base) / 89.3 (BER
 from jaxlm.config_defaults import finetune_config, shared_data
 
 
-
 def get_config():
     c = finetune_config()
     c.task = "classification"

@@ -52,7 +52,6 @@ also logs F1 (MRPC, QQP) and Spearman (STS-B).
 """
 from jaxlm.config_defaults import finetune_config, use_glue_data
 
-
 # Per task: fairseq's lr / batch, the dev metric that picks the kept checkpoint and the dev scores reproduced (x100)
 # (where the data is: config_defaults.use_glue_data, a GLUE folder of ../shared/data or TFDS glue/<task>).
 TASKS = {

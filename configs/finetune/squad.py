@@ -11,7 +11,6 @@ Reproduces: BERT paper table 2, SQuAD v1.1 dev EM 80.8 / F1 88.5 (BERT-base), 84
 from jaxlm.config_defaults import finetune_config, shared_data
 
 
-
 def get_config():
     c = finetune_config()
     c.task = "question_answering"

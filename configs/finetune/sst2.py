@@ -10,7 +10,6 @@ Reproduces: BERT paper table 1 (GLUE test), SST-2 accuracy 93.5 (BERT-base) / 94
 from jaxlm.config_defaults import finetune_config, shared_data
 
 
-
 def get_config():
     c = finetune_config()
     c.task = "classification"

@@ -9,7 +9,6 @@ Reproduces: BERT paper table 1 (GLUE test), STS-B Spearman 85.8 (BERT-base) / 86
 from jaxlm.config_defaults import finetune_config, shared_data
 
 
-
 def get_config():
     c = finetune_config()
     c.task = "regression"

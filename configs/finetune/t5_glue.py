@@ -22,7 +22,6 @@ released t5-small / t5-base are, as here.
 """
 from jaxlm.config_defaults import finetune_config, use_glue_data, use_t5_finetuning_recipe
 
-
 # task -> the dev metric that keeps the best checkpoint (where the data is: config_defaults.use_glue_data).
 TASKS = {"cola": "matthews_corrcoef", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
          "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy"}

@@ -19,7 +19,6 @@ import numpy as np
 
 from jaxlm.layers.mlp import ACTIVATIONS
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Transforms: HF tensor <-> one or more jaxlm arrays. `d` holds the dimensions: H heads, K head_dim.
 
@@ -210,7 +209,8 @@ def _bert_table(family: str, config) -> Table:
     rows = _expand(BERT_EMBEDDINGS, p=p) + _expand(BERT_LAYER, config.num_layers, p=p)
     rows += _expand(BERT_MLM_HEAD if family == "bert" else ROBERTA_MLM_HEAD)
     droppable = []
-    for optional_rows, present in ((_expand(BERT_POOLER, p=p), config.pooler), (_expand(BERT_NSP_HEAD), config.nsp_head)):
+    optional = ((_expand(BERT_POOLER, p=p), config.pooler), (_expand(BERT_NSP_HEAD), config.nsp_head))
+    for optional_rows, present in optional:
         if present:
             rows += optional_rows
         else:

@@ -21,8 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxlm.convert.hf_tables import (COPY, HF_TO_JAXLM_ACTIVATION, JAXLM_TO_HF_ACTIVATION, LINEAR, HFFamily, Row,
-                                     Table, Transform)
+from jaxlm.convert.hf_tables import (
+    COPY,
+    HF_TO_JAXLM_ACTIVATION,
+    JAXLM_TO_HF_ACTIVATION,
+    LINEAR,
+    HFFamily,
+    Row,
+    Table,
+    Transform,
+)
 from jaxlm.layers import stack_layers, unstack_layers
 from jaxlm.layers.relative_attention import BIAS_NAMES
 from jaxlm.models.common import unbox

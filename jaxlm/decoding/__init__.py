@@ -9,10 +9,15 @@
 
 Models plug in through `DecoderAdapter` (jaxlm.decoding.adapters); the loops are in jaxlm.decoding.search.
 """
-from jaxlm.decoding.adapters import (CausalLMDecoder, DecoderAdapter, EncoderDecoderLMDecoder, adapter_for,
-                                     take_cache_rows)
+from jaxlm.decoding.adapters import (
+                                     CausalLMDecoder,
+                                     DecoderAdapter,
+                                     EncoderDecoderLMDecoder,
+                                     adapter_for,
+                                     take_cache_rows,
+)
 from jaxlm.decoding.sampling import filter_logits, sample
 from jaxlm.decoding.search import Generated, GenerationConfig, generate, pad_prompts
 
-__all__ = ["CausalLMDecoder", "DecoderAdapter", "EncoderDecoderLMDecoder", "Generated", "GenerationConfig", "adapter_for",
-           "filter_logits", "generate", "pad_prompts", "sample", "take_cache_rows"]
+__all__ = ["CausalLMDecoder", "DecoderAdapter", "EncoderDecoderLMDecoder", "Generated", "GenerationConfig",
+           "adapter_for", "filter_logits", "generate", "pad_prompts", "sample", "take_cache_rows"]

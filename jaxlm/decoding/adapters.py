@@ -140,8 +140,8 @@ class EncoderDecoderLMDecoder:
 
     def init_cache(self, batch_size, max_length, context=None):
         if context is None:
-            raise ValueError("EncoderDecoderLMDecoder.init_cache needs the context (encoder outputs) to size the cross-attention "
-                             "cache")
+            raise ValueError("EncoderDecoderLMDecoder.init_cache needs the context (encoder outputs) to size the "
+                             "cross-attention cache")
         source_len = context["encoded"].shape[1]
         shapes = jax.eval_shape(lambda: self.model.init(
             jax.random.key(0), jnp.ones((batch_size, source_len), jnp.int32),

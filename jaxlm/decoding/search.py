@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.decoding.adapters import DecoderAdapter
-from jaxlm.models.common import unbox
 from jaxlm.decoding.sampling import sample
+from jaxlm.models.common import unbox
 
 STRATEGIES = ("greedy", "sample", "beam")
 LENGTH_PENALTIES = ("gnmt", "hf")

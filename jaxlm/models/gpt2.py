@@ -6,8 +6,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxlm.layers import BlockConfig, Embed, LayerNorm, TransformerStack, combine_masks, make_attention_mask
-from jaxlm.layers import make_causal_mask
+from jaxlm.layers import (
+    BlockConfig,
+    Embed,
+    LayerNorm,
+    TransformerStack,
+    combine_masks,
+    make_attention_mask,
+    make_causal_mask,
+)
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 

@@ -45,10 +45,17 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from jaxlm.layers import (BlockConfig, Embed, RelativePositionBias, RMSNorm, TransformerStack, combine_masks,
-                          make_attention_mask, make_causal_mask)
+from jaxlm.layers import (
+    BlockConfig,
+    Embed,
+    RelativePositionBias,
+    RMSNorm,
+    TransformerStack,
+    combine_masks,
+    make_attention_mask,
+    make_causal_mask,
+)
 from jaxlm.models.common import check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 

@@ -32,8 +32,13 @@ import jax.numpy as jnp
 
 from jaxlm.layers import Embed, FeedForward, LayerNorm
 from jaxlm.layers.blocks import ACTIVATION_AXES, REMAT_POLICIES
-from jaxlm.layers.relative_attention import (RelativeAttention, relative_biases, relative_positional_encoding,
-                                             segment_differences, xlnet_masks)
+from jaxlm.layers.relative_attention import (
+    RelativeAttention,
+    relative_biases,
+    relative_positional_encoding,
+    segment_differences,
+    xlnet_masks,
+)
 from jaxlm.models.common import check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 

@@ -84,7 +84,7 @@ class CausalLM(Objective):
     needs_heads: ClassVar[tuple[str, ...]] = ("causal_lm",)
 
     def check_tokenizer(self, tokenizer):
-        tokenizer.eos_id  # raises naming the tokenizer file when it has no EOS
+        _ = tokenizer.eos_id  # raises naming the tokenizer file when it has no EOS
 
     def batch_spec(self, batch_size):
         return {k: ((batch_size, self.seq_len), np.dtype(np.float32 if k == "weights" else np.int32))

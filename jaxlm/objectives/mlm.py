@@ -260,8 +260,9 @@ def masked_lm_outputs(model, params, batch, rng):
 
 def masked_lm_loss(outputs, batch, config: LossConfig):
     """(mean MLM cross-entropy over the masked positions, metrics)."""
-    loss, m = losses.weighted_mean_cross_entropy(outputs["mlm_logits"], batch["masked_targets"], batch["masked_weights"],
-                                                  label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+    loss, m = losses.weighted_mean_cross_entropy(
+        outputs["mlm_logits"], batch["masked_targets"], batch["masked_weights"],
+        label_smoothing=config.label_smoothing, z_loss=config.z_loss)
     return loss, {"loss": loss, "lm_loss": m["lm_loss"], "accuracy": m["accuracy"], "mlm_loss": m["lm_loss"],
                   "mlm_accuracy": m["accuracy"], "num_tokens": m["num_tokens"]}
 

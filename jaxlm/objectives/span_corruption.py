@@ -257,7 +257,7 @@ class SpanCorruption(Objective):
             raise ValueError(f"objective span_corruption: {tokenizer!r} has {len(tokenizer.sentinel_ids)} sentinel "
                              f"tokens (<extra_id_N>) but seq_len={self.seq_len} makes {needed} noise spans per row; "
                              "train the tokenizer with num_sentinels=100 (config.data.tokenizer_num_sentinels)")
-        tokenizer.eos_id
+        _ = tokenizer.eos_id  # raises naming the tokenizer file when it has no EOS
 
     def prepare_model_config(self, model_config, tokenizer):
         # T5's generation and export read EOS from the model config.

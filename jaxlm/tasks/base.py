@@ -289,7 +289,8 @@ class Task:
 
     def train_flops_per_example(self, spec: TaskSpec, model_config) -> float:
         family = family_of(model_config)
-        return family.backbone_train_flops(model_config, tokens=spec.row_len) + self.head_train_flops(spec, model_config)
+        return (family.backbone_train_flops(model_config, tokens=spec.row_len)
+                + self.head_train_flops(spec, model_config))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,8 +23,19 @@ import numpy as np
 from jaxlm.models import family_of
 from jaxlm.tasks import metrics as task_metrics
 from jaxlm.tasks import readers
-from jaxlm.tasks.base import (Task, TaskSpec, ce_metrics, column, dense, dropout_rate, logged, normalized_format,
-                              record_field, softmax, weights_of)
+from jaxlm.tasks.base import (
+    Task,
+    TaskSpec,
+    ce_metrics,
+    column,
+    dense,
+    dropout_rate,
+    logged,
+    normalized_format,
+    record_field,
+    softmax,
+    weights_of,
+)
 from jaxlm.tasks.features import classification_features
 
 GLUE_TASKS = tuple(readers.GLUE_LAYOUTS)

@@ -1,7 +1,8 @@
 """Examples -> fixed-shape numpy features, and batches of them.
 
 A feature set is a dict of numpy arrays that share the leading dimension N (one row per model input; a QA
-example or a long sentence can give several rows). Every set has the model inputs of jaxlm's batch format and bookkeeping:
+example or a long sentence can give several rows). Every set has the model inputs of jaxlm's batch format and
+bookkeeping:
 
     inputs, segment_ids, positions, token_types   [N, L] int32  (segment_ids: 1 on real tokens, 0 on padding)
     example_index                                  [N]    int32  (which example the row came from)
@@ -369,7 +370,7 @@ def qa_features(examples: Sequence[QAExample], tokenizer, max_len: int = 384, do
     end_positions = np.zeros(n, np.int32)
     token_offsets = np.full((n, max_len, 2), -1, np.int32)
     max_context = np.zeros((n, max_len), bool)
-    for row, (index, query, context_ids, offsets, start, length, answer_span, spans, span_index) in enumerate(rows):
+    for row, (_, query, context_ids, offsets, start, length, answer_span, spans, span_index) in enumerate(rows):
         _place(features, row, layout, query, context_ids[start:start + length])
         if layout.end:  # a window without the answer points at the classification token: XLNet's is last
             start_positions[row] = end_positions[row] = int(features["segment_ids"][row].sum()) - 1

@@ -146,7 +146,8 @@ class Seq2SeqTask(Task):
         for key in ("source_field", "target_field"):
             if not d[key]:
                 raise ValueError(f"config.data.{key} is empty: name the source / target (parallel files: the "
-                                 "language suffix such as 'en' / 'de'; tsv/csv/jsonl: the column; TFDS: the feature key)")
+                                 "language suffix such as 'en' / 'de'; tsv/csv/jsonl: the column; TFDS: the feature "
+                                 "key)")
         unknown = [m for m in d.metrics if m not in task_metrics.TEXT_METRICS]
         if not d.metrics or unknown:
             raise ValueError(f"config.data.metrics={tuple(d.metrics)!r}: choose one or more of "

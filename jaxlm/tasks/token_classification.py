@@ -12,8 +12,17 @@ import jax.numpy as jnp
 
 from jaxlm.tasks import metrics as task_metrics
 from jaxlm.tasks import readers
-from jaxlm.tasks.base import (Task, TaskSpec, ce_metrics, dense, dropout_rate, logged, normalized_format,
-                              record_field, weights_of)
+from jaxlm.tasks.base import (
+    Task,
+    TaskSpec,
+    ce_metrics,
+    dense,
+    dropout_rate,
+    logged,
+    normalized_format,
+    record_field,
+    weights_of,
+)
 from jaxlm.tasks.features import token_classification_features
 from jaxlm.tasks.postprocess import ner_word_predictions
 

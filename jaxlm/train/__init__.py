@@ -5,8 +5,7 @@ from jaxlm.train.loop import NonFiniteLossError, train
 from jaxlm.train.metrics import MetricWriter, measure_matmul_peak_flops, mfu, peak_flops_per_device
 from jaxlm.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from jaxlm.train.state import StateLayout, TrainState, abstract_train_state, create_train_state
-from jaxlm.train.step import (average_eval_metrics, jit_eval_step, jit_train_step, make_eval_step,
-                              make_train_step)
+from jaxlm.train.step import average_eval_metrics, jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
     "BatchEvaluator", "MetricWriter", "NonFiniteLossError", "OptimizerConfig", "StateLayout", "TrainState",
