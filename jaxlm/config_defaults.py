@@ -63,7 +63,7 @@ def distributed_section() -> ml_collections.ConfigDict:
 
 def pretrain_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.objective = "mlm_nsp"  # a name of jaxlm.objectives.OBJECTIVES: mlm | mlm_nsp | clm | span_corruption
+    c.objective = "mlm_nsp"  # a name of jaxlm.objectives.OBJECTIVES: mlm | mlm_nsp | clm | span_corruption | plm
     c.seed = 0
     c.model = model_section("bert", "tiny")
 
@@ -74,7 +74,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
         data_dir="",  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
         train_split="train",
         eval_split="validation",
-        tokenizer="",  # a sentencepiece .model; '' = train one on the training split into WORKDIR/tokenizer
+        # a sentencepiece .model, an HF tokenizer directory, a character tokenizer .json, 'bytes' (UTF-8 bytes, ByT5's
+        # ids) or 'chars' (the training split's characters, kept in the workdir); '' = train a sentencepiece model
+        # on the training split into WORKDIR/tokenizer.model
+        tokenizer="",
         tokenizer_vocab_size=8000,
         tokenizer_model_type="unigram",
         tokenizer_num_sentinels=0,  # <extra_id_N> tokens of a trained tokenizer (span_corruption: 100, as T5)
@@ -86,9 +89,14 @@ def pretrain_config() -> ml_collections.ConfigDict:
         max_predictions=20,  # mlm: slots per row (BERT's max_predictions_per_seq)
         mask_rate=0.15,
         whole_word_masking=False,
-        nsp_examples_per_document=1,  # mlm_nsp: sentence pairs drawn from each document per epoch
+        pairs_per_document=1,  # mlm_nsp, plm: sentence pairs drawn from each document per epoch
         noise_density=0.15,  # span_corruption: fraction of tokens dropped (T5: 0.15)
         mean_noise_span_length=3.0,  # span_corruption: mean length of a dropped span (T5: 3)
+        num_predict=0,  # plm: targets per row (0: seq_len // 6, the paper's partial prediction K = 6)
+        perm_size=0,  # plm: factorisation orders are permuted within blocks of this many tokens (0: seq_len)
+        max_span=5,  # plm: targets are sampled in spans of 1..max_span tokens, p(n) ~ 1/n (the authors' data_utils)
+        mask_alpha=6,  # plm: about mask_beta of every mask_alpha tokens are predicted, span by span
+        mask_beta=1,
         worker_count=0,  # grain worker processes
     ))
 
@@ -107,6 +115,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
         async_checkpointing=True,
         cpu_peak_flops=0.0,  # fp32 FLOP/s of this CPU for MFU; 0 = measure a matmul at start-up
         progress_bar=True,
+        **accounting_keys(),
         # Start a new run from another run's latest state (params, optimizer, step), not its data position:
         # BERT's second phase (512 tokens) continues the first (128 tokens) this way. Ignored on resume.
         init_from="",
@@ -200,6 +209,7 @@ def finetune_config() -> ml_collections.ConfigDict:
         async_checkpointing=True,
         cpu_peak_flops=0.0,
         progress_bar=True,
+        **accounting_keys(),
     ))
     c.mesh = mesh_section()
     c.distributed = distributed_section()
@@ -211,6 +221,15 @@ def finetune_config() -> ml_collections.ConfigDict:
 # TFDS dev splits that are not 'validation'.
 GLUE_LOCAL_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}
 GLUE_TFDS_DEV_SPLITS = {"mnli": "validation_matched"}
+
+
+def accounting_keys() -> dict:
+    """config.train's compute / energy / carbon accounting keys (jaxlm.train.accounting)."""
+    return dict(
+        accounting=True,  # device-hours, kWh and kg CO2e in the metrics and summary.json
+        carbon_region="",  # a cloud region (us-central2, europe-west4, ...) or gCO2e/kWh; '' = the world average
+        pue=0.0,  # power usage effectiveness of the data centre; 0 = the region's provider's published figure
+    )
 
 
 def use_glue_data(c: ml_collections.ConfigDict, task: str, glue_dir: str | None = None) -> ml_collections.ConfigDict:

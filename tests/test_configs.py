@@ -18,13 +18,14 @@ from jaxlm.workdir import abstract_params
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "pretrain", "*.py"))) + [
     os.path.join(ROOT, "configs", "pretrain", "bert_base.py:phase2")]
-# roberta_glue.py needs its task argument; the others have a default.
-FINETUNE_CONFIGS = [p + (":rte" if p.endswith("roberta_glue.py") else "")
+# roberta_glue.py and xlnet_glue.py need their task argument; the others have a default.
+FINETUNE_CONFIGS = [p + (":rte" if p.endswith(("roberta_glue.py", "xlnet_glue.py")) else "")
                     for p in sorted(glob.glob(os.path.join(ROOT, "configs", "finetune", "*.py")))]
 
 # Parameter counts of the recipes' models at the papers' vocabulary sizes (Hugging Face's counts).
 EXPECTED = {"bert_base": 110_106_428, "bert_large": 336_226_108, "roberta_base": 124_697_433,
-            "gpt2_small": 124_439_808, "gpt2_medium": 354_823_168, "t5_small": 60_506_624, "t5_base": 222_903_552}
+            "gpt2_small": 124_439_808, "gpt2_medium": 354_823_168, "t5_small": 60_506_624, "t5_base": 222_903_552,
+            "xlnet_base": 116_750_336, "xlnet_large": 360_300_800}  # XLNetLMHeadModel
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))

@@ -20,7 +20,7 @@ from jaxlm.data.corpus import pydoc_documents, split_long_text
 from jaxlm.objectives import get_objective
 
 SEQ_LEN, BATCH, MAX_PRED = 32, 4, 6
-SETTINGS = ("seq_len", "max_predictions", "mask_rate", "whole_word_masking", "nsp_examples_per_document")
+SETTINGS = ("seq_len", "max_predictions", "mask_rate", "whole_word_masking", "pairs_per_document")
 
 
 def _objective(name, kw):
@@ -369,12 +369,12 @@ def test_pipeline_errors_name_the_argument(tok, pydoc, data_dir):
         _iterator(tok, data_dir, "clm", split="nope")
 
 
-def test_nsp_examples_per_document_multiplies_an_epoch(tok, pydoc, data_dir):
+def test_pairs_per_document_multiplies_an_epoch(tok, pydoc, data_dir):
     """k pairs per document per epoch, each with its own A chunk and label, drawn from that document."""
     def epoch(k):
         it = make_pretraining_iterator(pydoc.name, tokenizer=tok, objective="mlm_nsp", seq_len=SEQ_LEN,
                                        batch_size=1, split="validation", data_dir=data_dir, shuffle=False,
-                                       num_epochs=1, drop_remainder=False, nsp_examples_per_document=k)
+                                       num_epochs=1, drop_remainder=False, pairs_per_document=k)
         return [b for b in it if b["segment_ids"].any()]
 
     one, three = epoch(1), epoch(3)

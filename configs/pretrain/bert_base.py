@@ -31,7 +31,7 @@ def get_config(phase="phase1"):
     c.data.tokenizer_vocab_size = 30522
     c.data.seq_len = 128 if phase == "phase1" else 512
     c.data.max_predictions = 20 if phase == "phase1" else 80  # the released code's max_predictions_per_seq
-    c.data.nsp_examples_per_document = 10  # the released code's dupe_factor
+    c.data.pairs_per_document = 10  # the released code's dupe_factor
     c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = 10_000
     c.optimizer.total_steps = 1_000_000

@@ -15,7 +15,7 @@ def get_config():
     c.data.tokenizer_vocab_size = 2000
     c.data.seq_len = 128
     c.data.max_predictions = 20
-    c.data.nsp_examples_per_document = 8  # ~800 tokens per manual section: several pairs from each
+    c.data.pairs_per_document = 8  # ~800 tokens per manual section: several pairs from each
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 60
     c.optimizer.weight_decay = 0.01

@@ -337,22 +337,38 @@ class XLNetFamily(ModelFamily):
         return None  # relative positions: any length
 
     def backbone_train_flops(self, config, *, tokens, query_positions=0, memory=0, **lengths):
-        """The content stream over `tokens` (keys: memory + tokens), plus the query stream at `query_positions`
-        predicted positions (its own query / output projections and feed-forward; keys and values are the
-        content stream's). Relative attention adds, per layer, the projection of the R = keys + tokens relative
-        encodings and the position scores (q . r over R) to the content scores and values."""
+        """The content stream over `tokens` (keys: memory + tokens) and, with `query_positions` > 0 (permutation
+        LM), the query stream at those predicted positions: its own query / output projections and feed-forward
+        over the content stream's keys and values. Relative attention adds the position scores (q . r over the
+        R = keys + tokens relative encodings) to the content scores and values.
+
+        What XLA actually runs, and so what is counted (tests/test_flops.py checks it against XLA's count):
+        - with a query stream, the last layer's content output is never read (the loss reads the query stream),
+          so that layer runs only the content keys and values the queries attend to;
+        - the relative encodings are a constant sinusoid projected by each layer (no input gradient: 4 x, not
+          6 x); without dropout they are one [1, R, D] table per batch, a per-example cost of ~0 at any real
+          batch, and with dropout one per row."""
         d, width, layers = config.hidden_size, config.num_heads * config.head_dim, config.num_layers
         keys = memory + tokens
         relative = keys + tokens  # the relative encoding table [R, D] (bidirectional: R = klen + qlen)
         ff = feed_forward_params(d, config.intermediate_size)
-        content = transformer_layer_train_flops(tokens=tokens, keys=keys, matmul_params=layers * (4 * d * width + ff),
-                                                num_layers=layers, attention_width=width)
-        query = transformer_layer_train_flops(tokens=query_positions, keys=keys,
-                                              matmul_params=layers * (2 * d * width + ff), num_layers=layers,
-                                              attention_width=width)
-        position_scores = 6.0 * layers * width * relative * (tokens + query_positions)
-        position_projection = 6.0 * layers * d * width * relative
-        return content + query + position_scores + position_projection
+
+        def content(num_layers):
+            return (transformer_layer_train_flops(tokens=tokens, keys=keys, num_layers=num_layers,
+                                                  matmul_params=num_layers * (4 * d * width + ff),
+                                                  attention_width=width)
+                    + 6.0 * num_layers * width * relative * tokens)
+
+        if not query_positions:
+            flops = content(layers)
+        else:
+            query = (transformer_layer_train_flops(tokens=query_positions, keys=keys, num_layers=layers,
+                                                   matmul_params=layers * (2 * d * width + ff), attention_width=width)
+                     + 6.0 * layers * width * relative * query_positions)
+            flops = content(layers - 1) + 6.0 * 2 * d * width * tokens + query  # last layer: content keys, values
+        if config.dropout > 0:
+            flops += 4.0 * layers * d * width * relative
+        return flops
 
 
 XLNET = XLNetFamily("xlnet", XLNetConfig, XLNET_SIZES, text_style="xlnet")

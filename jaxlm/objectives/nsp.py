@@ -56,19 +56,19 @@ class MaskedLMWithNSP(MaskedLM):
 
     # Sentence pairs drawn from each document per epoch (each with its own random A chunk, label and mask; BERT's
     # create_instances_from_document walks a document in several chunks for the same reason).
-    nsp_examples_per_document: int = 1
+    pairs_per_document: int = 1
 
     def __post_init__(self):
         super().__post_init__()
-        if self.nsp_examples_per_document < 1:
-            raise ValueError(f"config.data.nsp_examples_per_document={self.nsp_examples_per_document} must be >= 1")
+        if self.pairs_per_document < 1:
+            raise ValueError(f"config.data.pairs_per_document={self.pairs_per_document} must be >= 1")
 
     def batch_spec(self, batch_size):
         return {**super().batch_spec(batch_size), "nsp_labels": ((batch_size,), np.dtype(np.int32))}
 
     def dataset(self, source, tokenizer, options):
         documents = TokenizedDocuments(source, tokenizer, options.text_key, options.stats)
-        per_document = self.nsp_examples_per_document
+        per_document = self.pairs_per_document
         ds = pipeline.epochs(grain.MapDataset.range(len(source) * per_document), options)
         # Before the process slice: the rng is keyed by the *global* example index.
         ds = ds.random_map(SentencePairExample(documents, self.seq_len, self.masker(tokenizer), per_document),

@@ -5,9 +5,11 @@ from jaxlm.objectives.base import Objective
 from jaxlm.objectives.clm import CausalLM
 from jaxlm.objectives.mlm import MaskedLM
 from jaxlm.objectives.nsp import MaskedLMWithNSP
+from jaxlm.objectives.plm import PermutationLM
 from jaxlm.objectives.span_corruption import SpanCorruption
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (MaskedLM, MaskedLMWithNSP, CausalLM, SpanCorruption)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    o.name: o for o in (MaskedLM, MaskedLMWithNSP, CausalLM, SpanCorruption, PermutationLM)}
 
 
 def register_objective(objective: type[Objective]) -> type[Objective]:

@@ -23,10 +23,11 @@ import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxlm.layers import unstack_layers
+from jaxlm.models import FAMILIES
 
-# Where a checkpoint keeps its backbone, tried in order; without any of them the whole tree is the backbone
-# (GPT-2's pretraining params have no wrapper).
-BACKBONE_KEYS = ("backbone", "bert")
+# Where a checkpoint keeps its backbone, tried in order: a task model's `backbone`, then each family's pretraining
+# subtree (BERT's `bert`, XLNet's `xlnet`); without any of them the whole tree is the backbone (GPT-2's).
+BACKBONE_KEYS = ("backbone",) + tuple(dict.fromkeys(f.backbone_key for f in FAMILIES.values() if f.backbone_key))
 # Backbone parameters a checkpoint may lack (initialised fresh, reported new) or carry extra (reported unused):
 # BERT's pooler is trained by NSP only, so MLM-only and RoBERTa checkpoints may have none.
 OPTIONAL_BACKBONE = ("pooler/",)
