@@ -27,6 +27,7 @@ from jaxlm.tasks import BadInputError, EpochBatches, num_batches, num_rows
 from jaxlm.tasks.base import LOWER_IS_BETTER
 from jaxlm.tasks.evaluation import TaskEvaluator
 from jaxlm.tasks.finetuning import best_step, setup, write_json
+from jaxlm.train.accounting import accounting_for_run
 from jaxlm.train.metrics import read_metrics, write_summary
 from jaxlm.workdir import abstract_params, restore_backbone
 
@@ -128,13 +129,15 @@ def run(config, workdir: str):
         peak = config.train.cpu_peak_flops / jax.local_device_count()
     period = config.train.eval_every_steps or steps_per_epoch  # evaluation and checkpoint period
     eval_every = period if config.train.eval_every_epoch or config.train.eval_every_steps else 0
+    flops_per_step = task.train_flops_per_example(spec, s.model_config) * config.train.batch_size
     summary = train.train(
         state=state, train_step=train_step, train_iter=train_iter, num_steps=num_steps, workdir=workdir, mesh=mesh,
         checkpoint_manager=manager, checkpoint_every=period, evaluate=evaluate, eval_every=eval_every,
         log_every=config.train.log_every,
-        flops_per_step=task.train_flops_per_example(spec, s.model_config) * config.train.batch_size,
-        tokens_per_step=config.train.batch_size * spec.row_len, peak_flops_per_device=peak, config=saved_config,
-        progress=config.train.progress_bar)
+        flops_per_step=flops_per_step, tokens_per_step=config.train.batch_size * spec.row_len,
+        peak_flops_per_device=peak, config=saved_config,
+        progress=config.train.progress_bar,
+        accounting=accounting_for_run(config.train, flops_per_step, mesh.devices.size))
     manager.close()
 
     state = summary.pop("state")

@@ -19,6 +19,7 @@ from jaxlm.data.sources import data_dir
 from jaxlm.models import family_of
 from jaxlm.models.registry import model_config_from_section
 from jaxlm.objectives import objective_from_config
+from jaxlm.train.accounting import accounting_for_run
 from jaxlm.train.metrics import format_summary
 
 FLAGS = flags.FLAGS
@@ -110,13 +111,14 @@ def run(config, workdir: str):
     peak = None
     if jax.local_devices()[0].platform == "cpu" and config.train.cpu_peak_flops:
         peak = config.train.cpu_peak_flops / jax.local_device_count()
+    flops_per_step = objective.train_flops_per_example(family, model_config) * batch_size
     summary = train.train(
         state=state, train_step=train_step, train_iter=train_iter, num_steps=config.train.num_steps,
         workdir=workdir, mesh=mesh, checkpoint_manager=manager, checkpoint_every=config.train.checkpoint_every,
         evaluate=evaluate, eval_every=config.train.eval_every, log_every=config.train.log_every,
-        flops_per_step=objective.train_flops_per_example(family, model_config) * batch_size,
-        tokens_per_step=batch_size * objective.tokens_per_example, peak_flops_per_device=peak,
-        config=saved_config, progress=config.train.progress_bar, extra_summary=baselines)
+        flops_per_step=flops_per_step, tokens_per_step=batch_size * objective.tokens_per_example,
+        peak_flops_per_device=peak, config=saved_config, progress=config.train.progress_bar, extra_summary=baselines,
+        accounting=accounting_for_run(config.train, flops_per_step, mesh.devices.size))
     manager.close()
     return summary
 

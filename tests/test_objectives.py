@@ -475,3 +475,29 @@ def test_a_registered_toy_objective_trains_through_pretrain(tmp_path):
     steps, losses = loss_history(read_metrics(workdir), "train")
     assert steps == list(range(1, 31)) and summary["status"] == "completed"
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0, losses  # from ~ln(500) = 6.2 nats
+    # compute, energy and carbon accounting (jaxlm.train.accounting): the 29 steps after the compiled first one
+    accounting = summary["accounting"]
+    assert accounting["train_flops"] == pytest.approx(summary["flops"] / 30 * 29)
+    assert accounting["device_hours"] > 0 and accounting["energy_method"] in ("rapl", "estimate")
+    assert accounting["co2e_kg"] == pytest.approx(accounting["facility_energy_kwh"] * 475.0 / 1000)  # world average
+
+
+def test_mlm_nsp_eval_perplexity_is_exp_of_the_mlm_loss_only():
+    """The eval of an MLM + NSP run: loss = MLM + NSP, perplexity = exp(MLM loss), never exp of the sum."""
+    from jaxlm.models import build_model, get_model_config
+    from jaxlm.objectives import get_objective
+    from jaxlm.train.step import average_eval_metrics, make_eval_step
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 100, (4, 16))
+    batch = {**mlm.mask_batch(ids, rng, mask_id=6, vocab_size=100, special_ids=(0, 4, 5, 6), max_predictions=3),
+             "segment_ids": np.ones_like(ids), "token_types": np.zeros_like(ids), "nsp_labels": np.array([0, 1, 1, 0])}
+    model = build_model(get_model_config("bert", None, vocab_size=100, hidden_size=32, num_layers=1, num_heads=2,
+                                         intermediate_size=64, max_position_embeddings=16))
+    params = model.init(jax.random.key(0), batch["inputs"])["params"]
+    loss_fn = get_objective("mlm_nsp")(seq_len=16).loss_fn(model)
+    _, metrics = loss_fn(params, batch, None)
+    out = average_eval_metrics(jax.device_get(make_eval_step(loss_fn)(params, batch)))
+    assert out["nsp_loss"] > 0.3 and out["loss"] == pytest.approx(out["mlm_loss"] + out["nsp_loss"], rel=1e-5)
+    assert out["perplexity"] == pytest.approx(np.exp(float(metrics["mlm_loss"])), rel=1e-5)
+    assert out["perplexity"] < 0.8 * np.exp(out["loss"])

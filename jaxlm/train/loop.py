@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxlm import sharding as shd
 from jaxlm.train import checkpoint as ckpt
 from jaxlm.train import metrics as mx
+from jaxlm.train.accounting import Accounting
 from jaxlm.train.evaluation import Evaluator, to_global
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
           log_every: int = 50, flops_per_step: float | None = None, tokens_per_step: int | None = None,
           peak_flops_per_device: float | None = None, config: Any = None,
           progress: bool = True, tensorboard: bool = True, handle_sigterm: bool = True,
-          extra_summary: Mapping[str, Any] | None = None,
+          extra_summary: Mapping[str, Any] | None = None, accounting: Accounting | None = None,
           ) -> dict[str, Any]:
     """Trains until `state.step == num_steps`; returns the run summary (also in workdir/summary.json).
 
@@ -103,6 +104,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
     flops_per_step / tokens_per_step: for tokens/s, TFLOP/s and MFU (per-step totals over all devices).
     peak_flops_per_device: default: table by device kind (measured matmul peak on CPU).
     extra_summary: more entries for the summary (e.g. a baseline to read the final eval against).
+    accounting: device-hours, energy and CO2e (jaxlm.train.accounting), from the first step after compilation:
+      logged with the train metrics and under 'accounting' in the summary.
 
     Summary 'status': 'completed', 'preempted' (SIGTERM: checkpoint saved at 'final_step') or
     'data_exhausted'. A non-finite loss raises NonFiniteLossError instead. The returned dict also
@@ -166,6 +169,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
             if flops_per_step:
                 means["tflops_per_s_per_device"] = flops_per_step / step_time / num_devices / 1e12
                 means["mfu"] = mx.mfu(flops_per_step, step_time, peak_flops_per_device, num_devices)
+        if accounting is not None and timing["first_step_s"] is not None:
+            means.update(accounting.update(steps[-1], steps[-1] - start_step - 1))
         last_train = means
         writer.write(steps[-1], means, "train")
         bar.show(means)
@@ -211,6 +216,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                 if timing["first_step_s"] is None:  # compile + first step, kept out of throughput
                     jax.block_until_ready(metrics)
                     timing["first_step_s"] = time.perf_counter() - t_begin
+                    if accounting is not None:  # from here: compilation is not accounted as training
+                        accounting.start()
                     flush_and_check()
                     timing["steady_s"], timing["steady_steps"] = 0.0, 0
                 else:
@@ -259,6 +266,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
         "final_eval": last_eval,
         **(extra_summary or {}),
     }
+    if accounting is not None and timing["first_step_s"] is not None:
+        summary["accounting"] = accounting.summary(step - start_step - 1)  # the steps after compilation
     if is_main:
         mx.write_summary(workdir, summary, echo=progress)
     summary["state"] = state
