@@ -14,8 +14,9 @@ from absl import logging
 from etils import epath
 
 from jaxlm.data import corpus
+from jaxlm.data.byte_tokenizer import ByteTokenizer, CharTokenizer
 from jaxlm.data.tokenizer import train_tokenizer
-from jaxlm.data.tokenizer_io import SENTENCEPIECE_FILE, load_tokenizer
+from jaxlm.data.tokenizer_io import CHARS_FILE, SENTENCEPIECE_FILE, load_tokenizer
 from jaxlm.paths import is_remote
 
 
@@ -41,9 +42,31 @@ def texts_of(dataset_name: str, split: str, directory: str):
     return (corpus.record_text(source[i]) for i in range(len(source)))
 
 
+def _char_tokenizer(data: Mapping[str, Any], workdir: str, dataset_name: str, process_count: int) -> CharTokenizer:
+    path = epath.Path(workdir) / CHARS_FILE
+    if path.exists():
+        return CharTokenizer.load(path)
+    if process_count > 1:
+        raise ValueError("multi-process runs need a character tokenizer file every host can read: build one "
+                         "(jaxlm.data.byte_tokenizer.CharTokenizer.from_texts(...).save(PATH)) and pass "
+                         "config.data.tokenizer=PATH")
+    tokenizer = CharTokenizer.from_texts(texts_of(dataset_name, data["train_split"], data_dir(data)),
+                                         data["tokenizer_num_sentinels"])
+    tokenizer.save(path)
+    logging.info("character tokenizer of %s: %d characters -> %s", dataset_name, len(tokenizer.chars), path)
+    return tokenizer
+
+
 def load_or_train_tokenizer(data: Mapping[str, Any], workdir: str, dataset_name: str, *, process_count: int = 1):
     """config.data.tokenizer if given; else the one in the workdir (a resumed run); else one trained on the
-    training split and kept in the workdir, so that a resumed run tokenizes exactly as before."""
+    training split and kept in the workdir, so that a resumed run tokenizes exactly as before.
+
+    'bytes' (ByT5's byte ids, config.data.tokenizer_num_sentinels sentinels) and 'chars' (the training split's
+    characters, as nanoGPT's shakespeare_char, kept in the workdir) need no training run."""
+    if data["tokenizer"] == "bytes":
+        return ByteTokenizer(data["tokenizer_num_sentinels"])
+    if data["tokenizer"] == "chars":
+        return _char_tokenizer(data, workdir, dataset_name, process_count)
     if data["tokenizer"]:
         return load_tokenizer(data["tokenizer"], extra_ids=data["tokenizer_extra_ids"])
     model_file = epath.Path(workdir) / SENTENCEPIECE_FILE
