@@ -258,3 +258,31 @@ def test_char_save_and_load(tmp_path):
         assert not is_char_tokenizer_file(path), path
     with pytest.raises(ValueError, match="not a CharTokenizer file"):
         CharTokenizer.load(other)
+
+
+def test_a_character_level_run_keeps_its_tokenizer_and_resumes_with_it(tmp_path):
+    """configs/pretrain/shakespeare_char.py's path on a small text: data.tokenizer='chars' builds the alphabet of
+    the training split into the workdir (newlines included); the resumed run reads it back instead of rebuilding."""
+    from jaxlm import pretrain
+    from jaxlm.config_defaults import load_config_file
+    from jaxlm.data.tokenizer_io import CHARS_FILE
+
+    corpus = tmp_path / "plays.txt"
+    corpus.write_text("\n\n".join(TEXTS[1:6]) * 40, encoding="utf-8")
+    config = load_config_file(str(Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "shakespeare_char.py"))
+    config.data.update(text_files=str(corpus), data_dir=str(tmp_path / "tfds"))
+    config.model.update(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64)
+    config.train.update(num_steps=6, batch_size=8, log_every=3, eval_every=0, eval_batches=1, checkpoint_every=6,
+                        progress_bar=False)
+    workdir = tmp_path / "run"
+    first = pretrain.run(config, str(workdir))
+    saved = CharTokenizer.load(workdir / CHARS_FILE)
+    # (text files are read with universal newlines: \r\n is \n)
+    assert "\n" in saved.chars and saved.vocab_size == 7 + len(set("".join(TEXTS[1:6]) + "\n") - {"\r"})
+    assert first["status"] == "completed" and np.isfinite(first["final_train_loss"])
+    kept = (workdir / CHARS_FILE).read_bytes()
+    corpus.write_text(corpus.read_text(encoding="utf-8") + "\n\nZ€ß new letters\n", encoding="utf-8")  # a rebuild
+    config.train.num_steps = 8  # would give other ids (and an embedding table the checkpoint does not fit)
+    resumed = pretrain.run(config, str(workdir))
+    assert resumed["start_step"] == 6 and resumed["final_step"] == 8
+    assert (workdir / CHARS_FILE).read_bytes() == kept

@@ -5,8 +5,9 @@ Recipe: nanoGPT's config/train_shakespeare_char.py (lr 1e-3 decayed to 1e-4 by a
 warmup steps, AdamW beta2 0.99, weight decay 0.1, gradient clipping 1.0) with the README's CPU overrides
 (`--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
 --dropout=0.0`; the README reports a validation loss of about 1.88 there). The tokenizer is the corpus's 65
-characters (`data.tokenizer='chars'`: newlines stay newlines), the file is one document, 2% of it held out for
-evaluation (nanoGPT holds out the last 10%).
+characters (`data.tokenizer='chars'`: newlines stay newlines). Documents are the play's blank-line separated
+speeches, packed into rows with segment ids (so, unlike nanoGPT's one stream, no position attends across two
+speeches), and 2% of them are held out for evaluation (nanoGPT holds out the last 10% of the stream).
 
     python -m jaxlm.pretrain --config=configs/pretrain/shakespeare_char.py --workdir=runs/shakespeare_char
     python -m jaxlm.generate --checkpoint=runs/shakespeare_char --prompt "ROMEO:" --max_new_tokens=200 \\
@@ -24,7 +25,7 @@ def get_config():
                    dropout=0.0)
     c.data.dataset = "text_files"
     c.data.text_files = shared_data("tinyshakespeare", "input.txt")
-    c.data.document_separator = "file"
+    c.data.document_separator = "blank_line"
     c.data.tokenizer = "chars"
     c.data.seq_len = 64
     c.optimizer.learning_rate = 1e-3
