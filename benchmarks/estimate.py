@@ -58,6 +58,9 @@ RECIPES = (
     # The T5 docstrings name no slice: v4-32 (16 chips, 8 sequences of 512 each per step) is assumed.
     ("configs/pretrain/t5_small.py", "v4-32", 0),
     ("configs/pretrain/t5_base.py", "v4-32", 0),
+    # XLNet-large's paper slice is 512 TPU v3 chips (section 3.1); a v4-512 (256 chips) is the nearest listed.
+    ("configs/pretrain/xlnet_base.py", "v4-128", 0),
+    ("configs/pretrain/xlnet_large.py", "v4-512", 0),
 )
 
 

@@ -8,6 +8,11 @@ Workloads (fp32, random init, synthetic token ids, dropout on, AdamW + global-no
   bert: BERT-base MLM+NSP, batch 8, seq 128; jaxlm gathers the 20 masked positions before the vocabulary
         projection (BERT's max_predictions_per_seq), HF's BertForPreTraining projects all 128.
   gpt2: GPT-2 small (124M) CLM, batch 4, seq 256.
+  xlnet: XLNet-base permutation LM (objective `plm`), batch 4, seq 128, num_predict 21 (K ~ 6): one batch of
+        full sentence-pair rows `A <sep> B <sep> <cls>` built by jaxlm.objectives.plm.plm_features (the authors'
+        span sampling and factorisation order), the same arrays fed to HF's XLNetLMHeadModel (perm_mask and
+        target_mapping as float, labels = targets at the target_mapping rows, -100 at unused rows). Both run the
+        query stream at the 21 targets only and project only those to the vocabulary.
 
 Every configuration runs in a fresh subprocess (this script re-invoked with --worker), so that
  - XLA_FLAGS can differ per row (XLA reads them once, when jax initialises its CPU client);
@@ -37,7 +42,11 @@ if ROOT not in sys.path:
 WORKLOADS = {
     "bert": dict(family="bert", size="base", objective="mlm_nsp", batch=8, seq=128, max_predictions=20),
     "gpt2": dict(family="gpt2", size="small", objective="clm", batch=4, seq=256, max_predictions=0),
+    "xlnet": dict(family="xlnet", size="base", objective="plm", batch=4, seq=128, max_predictions=0,
+                  num_predict=21),
 }
+# XLNet's sentencepiece ids (xlnet-base-cased): <unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5, <mask> 6.
+XLNET_CLS_ID, XLNET_SEP_ID, XLNET_PAD_ID, XLNET_FIRST_WORD_ID = 3, 4, 5, 7
 
 XNN_FLAG = "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"
 ONEDNN_FLAG = "--xla_cpu_use_onednn=true"
@@ -116,6 +125,8 @@ def _synthetic_batch(workload: dict, vocab_size: int, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     b, s, p = workload["batch"], workload["seq"], workload["max_predictions"]
+    if workload["objective"] == "plm":
+        return _plm_batch(workload, vocab_size, rng)
     inputs = rng.integers(5, vocab_size, (b, s), dtype=np.int32)
     batch = {"inputs": inputs, "segment_ids": np.ones((b, s), np.int32),
              "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()}
@@ -132,6 +143,22 @@ def _synthetic_batch(workload: dict, vocab_size: int, seed: int = 0) -> dict:
         batch["masked_weights"] = np.ones((b, p), np.float32)
         batch["nsp_labels"] = rng.integers(0, 2, (b,), dtype=np.int32)
     return batch
+
+
+def _plm_batch(workload: dict, vocab_size: int, rng) -> dict:
+    """Full rows `A <sep> B <sep> <cls>` (A 30-95 random word ids, B the rest), through the objective's own
+    host-side plm_features: perm_mask [B,L,L] bool, target_mapping [B,P,L], targets / target_weights [B,P]."""
+    import numpy as np
+
+    from jaxlm.objectives.plm import PLM_KEYS, plm_features
+
+    s, rows = workload["seq"], []
+    for _ in range(workload["batch"]):
+        len_a = int(rng.integers(30, 96))
+        words = rng.integers(XLNET_FIRST_WORD_ID, vocab_size, s - 3, dtype=np.int32)
+        rows.append(plm_features(words[:len_a], words[len_a:], rng, seq_len=s, num_predict=workload["num_predict"],
+                                 sep_id=XLNET_SEP_ID, cls_id=XLNET_CLS_ID, pad_id=XLNET_PAD_ID))
+    return {k: np.stack([r[k] for r in rows]) for k in PLM_KEYS}
 
 
 def _optimizer_config():
@@ -162,7 +189,12 @@ def _jaxlm_pieces(spec: dict, num_layers: int | None = None):
     loss_fn = objective.loss_fn(model)
     step = train.make_train_step(loss_fn, tx, learning_rate_fn=schedule)
     batch = _synthetic_batch(w, config.vocab_size)
-    dummy = {k: batch[k][:1] for k in ("inputs", "segment_ids", "positions")}
+    if w["objective"] == "plm":  # as jaxlm.pretrain initialises (the two-stream model needs its PLM inputs)
+        from jaxlm.models import family_of
+
+        dummy = objective.init_inputs(family_of(config), config)
+    else:
+        dummy = {k: batch[k][:1] for k in ("inputs", "segment_ids", "positions")}
     init_fn = lambda rng: model.init(rng, **dummy)  # noqa: E731
     return config, tx, mesh, init_fn, step, batch
 
@@ -173,6 +205,8 @@ def _objective(w: dict, loss=None):
     settings = dict(seq_len=w["seq"], loss=loss or LossConfig())
     if w["max_predictions"]:
         settings["max_predictions"] = w["max_predictions"]
+    if w.get("num_predict"):
+        settings["num_predict"] = w["num_predict"]
     return get_objective(w["objective"])(**settings)
 
 
@@ -268,6 +302,15 @@ def worker_torch(spec: dict) -> dict:
     if spec["model"] == "bert":
         config = transformers.BertConfig()  # bert-base-uncased shapes
         model = transformers.BertForPreTraining(config)
+    elif spec["model"] == "xlnet":
+        from jaxlm.convert.hf_xlnet import hf_config_from_fields
+        from jaxlm.models import get_model_config
+
+        # jaxlm's XLNet-base config mapped as the exporter maps it (dropout 0.1, no memory, untie_r, 'bi')
+        fields = hf_config_from_fields(get_model_config(w["family"], w["size"]))
+        fields.pop("model_type", None)
+        config = transformers.XLNetConfig(**fields)
+        model = transformers.XLNetLMHeadModel(config)
     else:
         config = transformers.GPT2Config()  # gpt2 (124M) shapes
         model = transformers.GPT2LMHeadModel(config)
@@ -282,6 +325,14 @@ def worker_torch(spec: dict) -> dict:
         kwargs = dict(input_ids=inputs, token_type_ids=torch.from_numpy(host["token_types"]).long(),
                       attention_mask=torch.ones_like(inputs), labels=labels,
                       next_sentence_label=torch.from_numpy(host["nsp_labels"]).long())
+    elif spec["model"] == "xlnet":
+        # HF's XLNetLMHeadModel: labels [B,P] -> CE over the target_mapping rows (mean over labels != -100);
+        # the rows plm_features leaves unused (target_weights 0) get -100, so the loss is jaxlm's weighted mean.
+        labels = torch.from_numpy(np.where(host["target_weights"] > 0, host["targets"], -100)).long()
+        kwargs = dict(input_ids=inputs, token_type_ids=torch.from_numpy(host["token_types"]).long(),
+                      attention_mask=torch.from_numpy(host["segment_ids"]).float(),
+                      perm_mask=torch.from_numpy(host["perm_mask"]).float(),
+                      target_mapping=torch.from_numpy(host["target_mapping"]).float(), labels=labels)
     else:
         kwargs = dict(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=inputs)
     params = list(model.parameters())
@@ -417,6 +468,8 @@ MAIN_HEADER = ["model", "impl", "scan", "remat", "loss head", "flags", "step s",
 
 
 def _loss_head(model: str, spec: dict) -> str:
+    if model == "xlnet":
+        return f"{WORKLOADS[model]['num_predict']} target pos."  # both: query stream at target_mapping only
     if spec["kind"] == "torch":
         return "all 128 pos." if model == "bert" else "full logits"
     if model == "bert":
@@ -530,7 +583,8 @@ def main(argv=None) -> int:
             first, flags="default")), None)
         table = [_main_row(model, s, r, flops, peak_gflops, torch_step, default_hash) for s, r in done]
         desc = f"batch {w['batch']}, seq {w['seq']}" + (
-            f", {w['max_predictions']} MLM predictions per row" if w["max_predictions"] else "")
+            f", {w['max_predictions']} MLM predictions per row" if w["max_predictions"] else "") + (
+            f", {w['num_predict']} PLM targets per row" if w.get("num_predict") else "")
         print_table(f"{model}: {w['family']}-{w['size']} {w['objective']} train step ({desc}; "
                     f"{w['batch'] * w['seq']} tokens/step; {_fmt(flops / 1e9 if flops else None, '{:.0f}')} "
                     f"model GFLOP/step; median of {steps} steps)", MAIN_HEADER, table)

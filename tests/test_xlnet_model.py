@@ -20,8 +20,9 @@ transformers = pytest.importorskip("transformers", reason="XLNet parity tests ne
 from jaxlm.convert import hf_xlnet  # noqa: E402
 from jaxlm.layers import stack_layers, unstack_layers  # noqa: E402
 from jaxlm.layers.relative_attention import rel_gather, rel_shift, relative_positional_encoding, xlnet_masks  # noqa: E402
+from jaxlm.models import get_model_config  # noqa: E402
 from jaxlm.models.common import count_params  # noqa: E402
-from jaxlm.models.xlnet import XLNET_SIZES, XLNetConfig, XLNetLMHeadModel, xlnet_config  # noqa: E402
+from jaxlm.models.xlnet import XLNET_SIZES, XLNetConfig, XLNetLMHeadModel  # noqa: E402
 
 VOCAB, PAD = 120, 5
 HF_TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=48, dropout=0.0, mem_len=None)
@@ -334,7 +335,8 @@ def test_config_json_round_trip():
     assert written["architectures"] == ["XLNetLMHeadModel"] and written["summary_type"] == hf_dict["summary_type"]
     reloaded = transformers.XLNetConfig(**{k: v for k, v in written.items() if k != "model_type"})
     assert (reloaded.d_model, reloaded.n_layer, reloaded.mem_len, reloaded.bi_data) == (32, 2, 7, True)
-    assert hf_xlnet.fields_from_hf(hf_xlnet.hf_config_from_fields(xlnet_config("base")))["num_layers"] == 12
+    base = hf_xlnet.hf_config_from_fields(get_model_config("xlnet", "base"))
+    assert hf_xlnet.fields_from_hf(base)["num_layers"] == 12
     with pytest.raises(ValueError, match="attn_type='uni'"):
         hf_xlnet.fields_from_hf({**hf_dict, "attn_type": "uni"})
     with pytest.raises(ValueError, match="ff_activation='swiglu'"):
@@ -348,7 +350,7 @@ def test_config_json_round_trip():
 
 @pytest.mark.parametrize("size", list(XLNET_SIZES))
 def test_parameter_counts_equal_transformers(size):
-    config = xlnet_config(size)
+    config = get_model_config("xlnet", size)
     abstract = jax.eval_shape(lambda: XLNetLMHeadModel(config).init(jax.random.key(0), jnp.ones((2, 4), jnp.int32)))
     ours = count_params(nn.unbox(abstract["params"]))
     s = XLNET_SIZES[size]
@@ -410,3 +412,32 @@ def test_masks_padding_packing_memory_and_own_token():
     np.testing.assert_array_equal(h[1, 2:], [0, 1, 1, 0, 0])  # document 1 only
     np.testing.assert_array_equal(h[4, 2:], [0, 0, 0, 1, 1])  # its own token despite perm_mask
     np.testing.assert_array_equal(g[4, 2:], [0, 0, 0, 1, 0])  # the query stream does not see it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The converter: a Hugging Face XLNet directory in, a jaxlm workdir, and back out
+
+def test_cli_round_trip_of_an_hf_directory_is_exact_and_imports_with_parity(hf_model, tmp_path):
+    from safetensors.numpy import load_file
+
+    from jaxlm.convert import load_hf
+    from jaxlm.convert.__main__ import main as convert_main
+
+    model_dir, workdir, out = tmp_path / "hf", tmp_path / "run", tmp_path / "hf_out"
+    hf_model.save_pretrained(model_dir)
+    config, params, _ = load_hf(str(model_dir))
+    assert config.family == "xlnet" and config.hidden_size == 32 and config.num_layers == 2
+    ids, mask, types = padded_batch()
+    ref, _ = hf_forward(hf_model, ids, mask, types)
+    got = forward(config, params, inputs=ids, token_types=types)
+    assert_close(got["logits"], ref.logits.numpy(), "load_hf logits")
+
+    assert convert_main(["from-hf", "--model_dir", str(model_dir), "--workdir", str(workdir)]) == 0
+    assert convert_main(["to-hf", "--workdir", str(workdir), "--out", str(out)]) == 0
+    original, exported = load_file(str(model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        np.testing.assert_array_equal(exported[name], tensor, err_msg=name)
+    reloaded = transformers.XLNetLMHeadModel.from_pretrained(str(out)).eval()
+    again, _ = hf_forward(reloaded, ids, mask, types)
+    np.testing.assert_array_equal(again.logits.numpy(), ref.logits.numpy())

@@ -102,13 +102,6 @@ XLNET_SIZES = {
 }
 
 
-def xlnet_config(size: str | None = None, **overrides) -> XLNetConfig:
-    """`xlnet_config('base', mem_len=384)`: a named size with overrides."""
-    if size is not None and size not in XLNET_SIZES:
-        raise ValueError(f"unknown xlnet size {size!r}; choose one of {list(XLNET_SIZES)}")
-    return XLNetConfig(**{**(XLNET_SIZES[size] if size else {}), **overrides})
-
-
 def cache_mem(h_BxLxD, mem_BxMxD, mem_len, reuse_len):
     """The memory the next segment reads (the authors' _cache_mem): None without mem_len."""
     if not mem_len:
