@@ -1,6 +1,7 @@
 """Quickstart XLNet: a small XLNet pretrained with permutation LM on the embedded corpus (CPython's reference
-manual), offline, in minutes on 2 CPU cores. The target accuracy at the end is well above the unigram baseline
-(always predicting the most frequent target token).
+manual), offline, on 2 CPU cores: 600 steps took 20.7 min (2.0 s/step, the cores shared with a test run; AMD
+EPYC) and ended at 27.4% dev target accuracy against the unigram baseline's 4.1% (always predicting the most
+frequent target token); 16.6% at step 200, 23.6% at 400.
 
     python -m jaxlm.pretrain --config=configs/pretrain/xlnet_quickstart.py --workdir=runs/xlnet-quickstart
 
