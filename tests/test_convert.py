@@ -461,3 +461,28 @@ def test_tokenizer_json_with_baked_padding_and_truncation_encodes_every_token(tm
     qa = tasks.qa_features([tasks.QAExample("q", "who jumps?", context, (answer,))], ours, max_len=24, doc_stride=8,
                            max_query_len=8)
     assert len(qa["inputs"]) > 3 and qa["start_positions"].max() > 0
+
+
+def test_the_converter_refuses_non_empty_targets_unless_overwrite(hf_dirs, tmp_path, capsys):
+    """from-hf into a pretraining run's workdir would add a step 0 beside its steps; to-hf over another model's
+    directory would mix the two. Both are errors naming the directory; --overwrite replaces / cleans."""
+    _, model_dir = hf_dirs["gpt2"]
+    workdir, out = tmp_path / "run", tmp_path / "hf_out"
+    (workdir / "checkpoints" / "700").mkdir(parents=True)  # another run's step
+    assert convert_main(["from-hf", "--model_dir", model_dir, "--workdir", str(workdir)]) == 1
+    assert f"{workdir} is not empty (checkpoints" in capsys.readouterr().err
+    assert os.listdir(workdir / "checkpoints") == ["700"]
+    assert convert_main(["from-hf", "--model_dir", model_dir, "--workdir", str(workdir), "--overwrite"]) == 0
+    assert os.listdir(workdir / "checkpoints") == ["0"]
+
+    out.mkdir()
+    stale = ["model.safetensors.index.json", "model-00001-of-00002.safetensors", "config.json"]
+    for name in stale:
+        (out / name).write_text("another model")
+    assert convert_main(["to-hf", "--workdir", str(workdir), "--out", str(out)]) == 1
+    assert "pass --overwrite to write into it" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == "another model"
+    assert convert_main(["to-hf", "--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 0
+    names = sorted(os.listdir(out))
+    assert "model.safetensors" in names and not any(n in names for n in stale[:2])
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"

@@ -410,6 +410,35 @@ def _train_losses(workdir):
     return dict(zip(*mx.loss_history(mx.read_metrics(str(workdir)), "train")))
 
 
+def test_ctrl_c_saves_and_resumes_exactly_and_a_second_ctrl_c_aborts(tmp_path):
+    """The first SIGINT is a preemption (checkpoint at the current step, clean stop, exact resume); a second
+    one aborts at once with KeyboardInterrupt, leaving the checkpoints already written."""
+    full = _run_loop(tmp_path / "full", 8, BatchIterator())
+
+    def ctrl_c(index):
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    first = _run_loop(tmp_path / "cut", 8, BatchIterator(hook=ctrl_c))
+    assert first["status"] == "preempted" and first["final_step"] == 3 and first["checkpoint_step"] == 3
+    assert signal.getsignal(signal.SIGINT) == handler_before
+    second = _run_loop(tmp_path / "cut", 8, BatchIterator())
+    assert second["resumed_from"] == 3 and second["final_step"] == 8
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+    np.testing.assert_array_equal(jax.device_get(second["state"].params["Dense_0"]["kernel"]),
+                                  jax.device_get(full["state"].params["Dense_0"]["kernel"]))
+
+    def ctrl_c_twice(index):
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+        _run_loop(tmp_path / "abort", 8, BatchIterator(hook=ctrl_c_twice))
+    assert signal.getsignal(signal.SIGINT) == handler_before
+
+
 def test_nan_loss_stops_with_the_step_named_and_last_checkpoint_intact(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7 .*last good checkpoint: step 4"):
         _run_loop(tmp_path, 12, BatchIterator(nan_at=6), log_every=3)   # batch 6 feeds step 7

@@ -45,15 +45,23 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _StopFlag:
-    """SIGTERM -> flag, installed only for the duration of the loop (main thread, one process)."""
+    """SIGTERM (how Cloud TPU announces preemption) and the first SIGINT (Ctrl-C) -> flag: the loop checkpoints at
+    the current step and stops cleanly. A second SIGINT aborts at once (KeyboardInterrupt). Installed only for the
+    duration of the loop (main thread, one process)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
         self.warned = False
-        self._previous = None
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
-        log.warning("received signal %d: will checkpoint and stop at the next step boundary", signum)
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt("second Ctrl-C: aborting without a checkpoint")
+        name = signal.Signals(signum).name
+        log.warning("received %s: will checkpoint and stop at the next step boundary%s", name,
+                    " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else "")
         self.requested = True
 
     @contextlib.contextmanager
@@ -61,11 +69,12 @@ class _StopFlag:
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield self
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGTERM, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
 
 
 def _should_stop(flag: _StopFlag, step: int) -> bool:
