@@ -133,6 +133,15 @@ def test_two_processes_join_train_save_and_restore(tmp_path, tokenizer_file):
     step, _ = final_params(workdir)
     assert step == 15
 
+    # Fine-tuning's backbone restore on the same two processes: each reads only its own shards, onto the
+    # task model's shardings (tests/two_process_restore.py checks every shard against the stored array).
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "two_process_restore.py"), str(workdir),
+                               str(port), str(i)], cwd=ROOT, env=env_with_devices(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p, (out, err) in zip(procs, [p.communicate(timeout=600) for p in procs]):
+        assert p.returncode == 0 and "shards of" in out, f"restore failed:\n{out[-2000:]}\n{err[-5000:]}"
+
 
 @pytest.mark.slow
 def test_quickstart_config_shortened_runs_and_loss_falls(tmp_path, tokenizer_file):
