@@ -23,6 +23,7 @@ from jaxlm.cli import quiet_library_logs
 from jaxlm.config_defaults import check_overrides
 from jaxlm.data import keep_tokenizer
 from jaxlm.paths import absolute
+from jaxlm.run_lock import workdir_lock
 from jaxlm.tasks import BadInputError, EpochBatches, num_batches, num_rows
 from jaxlm.tasks.base import LOWER_IS_BETTER
 from jaxlm.tasks.evaluation import TaskEvaluator
@@ -61,9 +62,15 @@ def _eval_at(workdir: str, step: int) -> dict | None:
 
 
 def run(config, workdir: str):
-    """Builds every piece from the config, restores the backbone, trains; returns the run summary."""
+    """Builds every piece from the config, restores the backbone, trains; returns the run summary. Holds the
+    workdir's lock (jaxlm.run_lock) for the whole run: a second run on the same workdir is refused."""
     sharding.initialize_from_config(config.distributed)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str):
     process_index, process_count = jax.process_index(), jax.process_count()
     s = setup(config, workdir)
     task, spec = s.task, s.spec

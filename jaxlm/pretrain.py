@@ -19,6 +19,7 @@ from jaxlm.data.sources import data_dir
 from jaxlm.models import family_of
 from jaxlm.models.registry import model_config_from_section
 from jaxlm.objectives import objective_from_config
+from jaxlm.run_lock import workdir_lock
 from jaxlm.train.accounting import accounting_for_run
 from jaxlm.train.metrics import format_summary
 
@@ -48,12 +49,18 @@ def check_train_section(config, process_count: int) -> None:
 
 
 def run(config, workdir: str):
-    """Builds every piece from the config and trains; returns the run summary."""
+    """Builds every piece from the config and trains; returns the run summary. Holds the workdir's lock
+    (jaxlm.run_lock) for the whole run: a second run on the same workdir is refused."""
     sharding.initialize_from_config(config.distributed)
-    process_index, process_count = jax.process_index(), jax.process_count()
-    check_train_section(config, process_count)
+    check_train_section(config, jax.process_count())
     objective = objective_from_config(config)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir, objective)
+
+
+def _train(config, workdir: str, objective):
+    process_index, process_count = jax.process_index(), jax.process_count()
     batch_size = config.train.batch_size
 
     dataset = data.prepare_dataset(config.data)
