@@ -7,6 +7,9 @@ TORCH_CPU ?= torch==2.13.0
 CORE_STAMP := $(VENV)/.core-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: the suite is mostly single-threaded XLA compilation, so CI's 2 cores run two test modules
+# at once (--dist loadscope keeps each module, and its module-scoped fixtures, on one worker).
+TEST_WORKERS ?= 2
 
 .PHONY: install install-test demo lint test test-fast bench clean
 
@@ -35,7 +38,7 @@ demo: install
 
 # Huge pages here too (the suite is mostly XLA CPU steps); --durations lists what to trim when it grows.
 test: install-test
-	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # pyflakes, pycodestyle, import order and likely bugs ([tool.ruff] in pyproject.toml); CI runs it before the tests.
 lint: install-test
@@ -43,7 +46,7 @@ lint: install-test
 
 # Everything except the end-to-end runs marked `slow`.
 test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 bench: install-test
 	$(BIN)/python benchmarks/train_step.py
