@@ -23,6 +23,8 @@ REMAT_POLICIES = {
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
 
+# Logits over the vocabulary, as every LM head constrains them.
+LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 

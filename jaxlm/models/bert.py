@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlm.layers import BlockConfig, Embed, LayerNorm, TransformerStack, make_attention_mask
+from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.layers.mlp import get_activation
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
@@ -121,7 +122,7 @@ class MaskedLMHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (c.vocab_size,), param_dtype)
         logits = embed.attend(h) + bias.astype(dtype)
-        return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return nn.with_logical_constraint(logits, LOGITS_AXES)
 
 
 class BertForPreTraining(nn.Module):

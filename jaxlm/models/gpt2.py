@@ -15,6 +15,7 @@ from jaxlm.layers import (
     make_attention_mask,
     make_causal_mask,
 )
+from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
 
@@ -101,7 +102,7 @@ class GPT2LMHeadModel(nn.Module):
     def logits(self, hidden_BxLxD):
         """The tied output layer on final hidden states (what `return_hidden=True` returns)."""
         logits = self.token_embeddings.attend(hidden_BxLxD)
-        return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return nn.with_logical_constraint(logits, LOGITS_AXES)
 
     def output_embedding(self, params):
         """The [V, D] matrix the logits are computed with (for chunked cross-entropy over `return_hidden`)."""

@@ -56,10 +56,9 @@ from jaxlm.layers import (
     make_attention_mask,
     make_causal_mask,
 )
+from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.models.common import check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
-
-LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
 @dataclasses.dataclass(frozen=True)

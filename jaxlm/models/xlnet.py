@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers import Embed, FeedForward, LayerNorm
-from jaxlm.layers.blocks import ACTIVATION_AXES, REMAT_POLICIES
+from jaxlm.layers.blocks import ACTIVATION_AXES, LOGITS_AXES, REMAT_POLICIES
 from jaxlm.layers.relative_attention import (
     RelativeAttention,
     relative_biases,
@@ -41,8 +41,6 @@ from jaxlm.layers.relative_attention import (
 )
 from jaxlm.models.common import check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
-
-LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
 @dataclasses.dataclass(frozen=True)
