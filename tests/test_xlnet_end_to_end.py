@@ -26,7 +26,7 @@ def _sst2_texts(limit=20000):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """configs/pretrain/xlnet_quickstart.py shrunk to a 2-layer, 64-wide XLNet and 300 steps of 64-token rows."""
+    """configs/pretrain/xlnet_quickstart.py shrunk to a 2-layer, 64-wide XLNet and 200 steps of 64-token rows."""
     from jaxlm import data, pretrain
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
@@ -39,8 +39,8 @@ def pretrained(tmp_path_factory):
     config.model.update(TINY_XLNET)
     config.data.update(data_dir=data_dir, tokenizer=prefix + ".model", seq_len=64, num_predict=10, perm_size=64)
     config.optimizer.update(learning_rate=3e-3, warmup_steps=20)
-    config.train.update(batch_size=16, num_steps=300, log_every=10, eval_every=300, eval_batches=8,
-                        checkpoint_every=300, progress_bar=False)
+    config.train.update(batch_size=16, num_steps=200, log_every=10, eval_every=200, eval_batches=8,
+                        checkpoint_every=200, progress_bar=False)
     workdir = str(tmp_path_factory.mktemp("xlnet_pretrain"))
     summary = pretrain.run(config, workdir)
     return workdir, summary
@@ -50,11 +50,11 @@ def pretrained(tmp_path_factory):
 def test_plm_pretraining_loss_falls_below_the_unigram_baseline(pretrained):
     workdir, summary = pretrained
     steps, losses = loss_history(read_metrics(workdir), "train")
-    assert steps[-1] == 300 and summary["status"] == "completed"
+    assert steps[-1] == 200 and summary["status"] == "completed"
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     assert last < first - 1.0, (first, last)  # from ~ln(2000) = 7.6 nats (7.4 -> 5.9 seen)
     final = summary["final_eval"]
-    # 300 steps of a 64-wide model: above the unigram predictor, not far above (the quickstart's 600 steps of a
+    # 200 steps of a 64-wide model: above the unigram predictor, not far above (the quickstart's 600 steps of a
     # 256-wide model are the README's figure)
     assert final["accuracy"] > 1.1 * summary["eval_plm_unigram_baseline_accuracy"], final
     assert summary["flops"] > 0 and summary["mfu"] is not None
@@ -82,7 +82,7 @@ def _finetune(config_file, workdir, init, **overrides):
 def test_sst2_from_the_plm_checkpoint_beats_the_majority_class(pretrained, tmp_path):
     workdir, _ = pretrained
     summary = _finetune("xlnet_glue.py:sst2", tmp_path / "sst2", workdir,
-                        **{"data.train_limit": 6000, "train.num_epochs": 2.0})
+                        **{"data.train_limit": 4000, "train.num_epochs": 2.0})
     print("XLNet SST-2 dev:", summary["best_eval"])
     report = summary["backbone"]
     assert sorted(report["new"]) == ["head/logits_proj/bias", "head/logits_proj/kernel", "head/summary/bias",
