@@ -1,4 +1,5 @@
 """Pretraining objective transforms (mlm, nsp, clm: numpy) and loss primitives (jax)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -501,3 +502,32 @@ def test_mlm_nsp_eval_perplexity_is_exp_of_the_mlm_loss_only():
     assert out["nsp_loss"] > 0.3 and out["loss"] == pytest.approx(out["mlm_loss"] + out["nsp_loss"], rel=1e-5)
     assert out["perplexity"] == pytest.approx(np.exp(float(metrics["mlm_loss"])), rel=1e-5)
     assert out["perplexity"] < 0.8 * np.exp(out["loss"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_chunked_vocabulary_projection_gives_the_unchunked_loss(family):
+    """config.loss.logits_chunk_size: the CLM / seq2seq loss without [B,L,V] logits equals the plain one."""
+    from jaxlm.models import build_model, get_model_config
+    from jaxlm.objectives import LossConfig
+    from jaxlm.objectives.clm import causal_lm_loss
+    from jaxlm.objectives.span_corruption import seq2seq_lm_loss
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 64, (2, 12))
+    batch = {"inputs": ids, "targets": np.roll(ids, -1, 1), "weights": (rng.random((2, 12)) > 0.2).astype(np.float32),
+             "decoder_inputs": np.roll(ids, 1, 1)}
+    if family == "gpt2":
+        config = get_model_config("gpt2", None, vocab_size=64, hidden_size=16, num_layers=1, num_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+        make, init = causal_lm_loss, (ids,)
+    else:
+        config = get_model_config("t5", None, vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+        make, init = seq2seq_lm_loss, (ids, batch["decoder_inputs"])
+    model = build_model(config)
+    params = nn.unbox(model.init(jax.random.key(0), *init)["params"])
+    plain_loss, plain = make(model, LossConfig())(params, batch, None)
+    chunked_loss, chunked = make(model, LossConfig(logits_chunk_size=5))(params, batch, None)
+    assert float(plain_loss) > 3.0  # ~ln(64): a real number, not a trivial zero
+    np.testing.assert_allclose(float(chunked_loss), float(plain_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(chunked["accuracy"]), float(plain["accuracy"]), atol=1e-6)
+    assert float(chunked["num_tokens"]) == float(plain["num_tokens"]) == batch["weights"].sum()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.data import corpus, pipeline
@@ -61,19 +60,11 @@ def causal_lm_loss(model, config: LossConfig = LossConfig()):
     def loss_fn(params, batch, rng):
         kwargs = dict(segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
                       deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
-        if config.use_chunks():
-            hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True, **kwargs)
-            loss_sum, weight_sum, correct = losses.chunked_cross_entropy(
-                hidden, model.output_embedding(params), batch["targets"], batch["weights"],
-                chunk_size=config.logits_chunk_size)
-            denom = jnp.maximum(weight_sum, 1e-8)
-            loss = loss_sum / denom
-            return loss, {"loss": loss, "lm_loss": loss, "accuracy": correct / denom, "num_tokens": weight_sum}
-        logits = model.apply({"params": params}, batch["inputs"], **kwargs)
-        loss, metrics = losses.weighted_mean_cross_entropy(logits, batch["targets"], batch["weights"],
-                                                           label_smoothing=config.label_smoothing,
-                                                           z_loss=config.z_loss)
-        return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}
+        def forward(return_hidden):
+            return model.apply({"params": params}, batch["inputs"], return_hidden=return_hidden, **kwargs)
+
+        return losses.lm_cross_entropy(forward, lambda: model.output_embedding(params), batch["targets"],
+                                       batch["weights"], config)
 
     return loss_fn
 

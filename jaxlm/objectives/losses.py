@@ -143,3 +143,18 @@ def chunked_cross_entropy(hidden_BxLxD, embedding_VxD, targets, weights=None, *,
     zero = jnp.zeros((), jnp.float32)
     (loss_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero), (hidden_CxKxD, targets_CxK, weights_CxK))
     return loss_sum, jnp.sum(weights), correct_sum
+
+
+def lm_cross_entropy(forward, output_embedding, targets, weights, config):
+    """(loss, {loss, lm_loss, accuracy, num_tokens}) of a language model's predictions of `targets`, the one body
+    of the CLM and seq2seq losses. forward(return_hidden) runs the model: hidden states [B,L,D] for the chunked
+    projection (config.logits_chunk_size > 0, output_embedding() the [V,D] matrix) or logits [B,L,V]."""
+    if config.use_chunks():
+        loss_sum, weight_sum, correct = chunked_cross_entropy(forward(True), output_embedding(), targets, weights,
+                                                              chunk_size=config.logits_chunk_size)
+        denom = jnp.maximum(weight_sum, 1e-8)
+        loss = loss_sum / denom
+        return loss, {"loss": loss, "lm_loss": loss, "accuracy": correct / denom, "num_tokens": weight_sum}
+    loss, metrics = weighted_mean_cross_entropy(forward(False), targets, weights,
+                                                label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+    return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}
