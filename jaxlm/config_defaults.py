@@ -156,7 +156,9 @@ def finetune_config() -> ml_collections.ConfigDict:
         # conll2003 (CoNLL column files, IOB1 -> BIO), conll (BIO column files; labels from data.labels),
         # squad (SQuAD v1.1 JSON), or tsv | csv | jsonl (generic text classification: the columns below).
         # seq2seq: parallel (line-aligned FILE.<source_field> + FILE.<target_field>, train_file = FILE) or
-        # tsv | csv | jsonl (source_field / target_field columns).
+        # tsv | csv | jsonl (source_field / target_field columns). retrieval: pairs (query / positive columns of a
+        # TSV / CSV / JSONL file) or squad (questions over their paragraphs). similarity: stsb or sts (text /
+        # text_b / label columns, scores up to score_max).
         format="sst2",
         train_file="",
         eval_file="",  # the dev set: evaluated every epoch; the best checkpoint is kept by its task metric
@@ -187,6 +189,26 @@ def finetune_config() -> ml_collections.ConfigDict:
         prompt="{source}",  # the source as the model reads it, e.g. T5's 'translate English to German: {source}'
         max_target_len=64,  # target tokens (EOS included); max_len bounds the prompted source
         metrics=("bleu",),  # seq2seq dev metrics: bleu | rouge1 | rouge2 | rougeL | rougeLsum (0-100)
+        # retrieval (format pairs: TSV / CSV / JSONL or TFDS features): the query, its relevant passage and an
+        # optional hard negative ('' = none); queries are cut to max_query_len tokens, passages to max_len.
+        query_column="query",
+        positive_column="positive",
+        negative_column="",
+        # retrieval on format squad: > 0 splits one SQuAD file by article, every N-th article (the first
+        # included) held out as dev, the rest train, so no paragraph is in both; 0 = every question of the file.
+        heldout_every=0,
+        score_max=5.0,  # similarity: the largest gold score (STS-B 5), which maps to cosine 1
+    ))
+    # Sentence embeddings (tasks retrieval / similarity; jaxlm.embed): sentence-transformers' Pooling -> Dense ->
+    # Normalize, and MultipleNegativesRankingLoss's scale (logits = scale x cosine).
+    c.embedding = ml_collections.ConfigDict(dict(
+        pooling="mean",  # cls | mean | max | mean_sqrt_len | last (decoders); several joined by '+'
+        dim=0,  # > 0: a dense projection to this size (with `activation`)
+        activation="tanh",
+        normalize=False,
+        scale=20.0,
+        symmetric=False,  # retrieval: add the passage -> query direction of the loss
+        top_k=10,  # retrieval predict: passages returned per query
     ))
     # seq2seq: how dev-set and predict outputs are generated (jaxlm.decoding).
     c.generation = ml_collections.ConfigDict(dict(num_beams=1, length_penalty=0.6))  # 1 beam = greedy

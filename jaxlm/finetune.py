@@ -24,7 +24,7 @@ from jaxlm.config_defaults import check_overrides
 from jaxlm.data import keep_tokenizer
 from jaxlm.paths import absolute
 from jaxlm.run_lock import workdir_lock
-from jaxlm.tasks import BadInputError, EpochBatches, num_batches, num_rows
+from jaxlm.tasks import BadInputError, EpochBatches, num_rows
 from jaxlm.tasks.base import LOWER_IS_BETTER
 from jaxlm.tasks.evaluation import TaskEvaluator
 from jaxlm.tasks.finetuning import best_step, setup, write_json
@@ -89,11 +89,11 @@ def _train(config, workdir: str):
     _check_batch("eval_batch_size", config.train.eval_batch_size, mesh, process_count)
     train_iter = EpochBatches(train_features, config.train.batch_size, task.device_keys(spec), seed=config.seed,
                               process_index=process_index, process_count=process_count)
-    steps_per_epoch = num_batches(num_rows(train_features), config.train.batch_size)
+    steps_per_epoch = train_iter.steps_per_epoch
     num_steps = (config.train.num_steps if config.train.num_steps > 0
                  else int(round(config.train.num_epochs * steps_per_epoch)))
     logging.info("%d training examples -> %d rows, %d steps per epoch, %d steps", len(train_examples),
-                 len(train_features["inputs"]), steps_per_epoch, num_steps)
+                 num_rows(train_iter.features), steps_per_epoch, num_steps)
 
     init_batch = task.init_batch(spec)
     tx, schedule = train.make_optimizer(config.optimizer, num_steps=max(num_steps, 1),

@@ -167,23 +167,35 @@ class T5ForConditionalGeneration(nn.Module):
     """
     config: T5Config
 
+    def _relative_bias(self, bidirectional: bool) -> RelativePositionBias:
+        c = self.config
+        return RelativePositionBias(c.num_heads, bidirectional, c.relative_attention_num_buckets,
+                                    c.relative_attention_max_distance,
+                                    init_stddev=c.initializer_factor * c.d_model ** -0.5,
+                                    param_dtype=to_dtype(c.param_dtype))
+
+    def _norm(self) -> RMSNorm:
+        c = self.config
+        return RMSNorm(epsilon=c.layer_norm_eps, dtype=to_dtype(c.dtype), param_dtype=to_dtype(c.param_dtype))
+
+    def _setup_encoder(self):
+        """The shared embeddings and the encoder (called from setup; T5EncoderModel has only these)."""
+        c = self.config
+        self.token_embeddings = Embed(c.vocab_size, c.d_model, init_stddev=c.initializer_factor * 1.0,
+                                      dtype=to_dtype(c.dtype), param_dtype=to_dtype(c.param_dtype))
+        self.encoder_relative_bias = self._relative_bias(True)
+        self.encoder = TransformerStack(c.block_config(decoder=False))
+        self.encoder_norm = self._norm()
+        self.dropout = nn.Dropout(c.dropout_rate)
+
     def setup(self):
         c = self.config
         dtype, param_dtype = to_dtype(c.dtype), to_dtype(c.param_dtype)
         f = c.initializer_factor
-        self.token_embeddings = Embed(c.vocab_size, c.d_model, init_stddev=f * 1.0, dtype=dtype,
-                                      param_dtype=param_dtype)
-        bias = lambda bidirectional: RelativePositionBias(  # noqa: E731
-            c.num_heads, bidirectional, c.relative_attention_num_buckets, c.relative_attention_max_distance,
-            init_stddev=f * c.d_model ** -0.5, param_dtype=param_dtype)
-        norm = lambda: RMSNorm(epsilon=c.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)  # noqa: E731
-        self.encoder_relative_bias = bias(True)
-        self.encoder = TransformerStack(c.block_config(decoder=False))
-        self.encoder_norm = norm()
-        self.decoder_relative_bias = bias(False)
+        self._setup_encoder()
+        self.decoder_relative_bias = self._relative_bias(False)
         self.decoder = TransformerStack(c.block_config(decoder=True))
-        self.decoder_norm = norm()
-        self.dropout = nn.Dropout(c.dropout_rate)
+        self.decoder_norm = self._norm()
         self.decode_positions = DecodePositions()
         if not c.tie_word_embeddings:
             self.lm_head = nn.Dense(
@@ -284,6 +296,18 @@ T5_V1_1_SIZES = {
 }
 
 
+class T5EncoderModel(T5ForConditionalGeneration):
+    """T5's encoder alone, the backbone of sentence embeddings (sentence-T5): its params are the seq2seq model's
+    token_embeddings / encoder_relative_bias / encoder / encoder_norm, so a T5 checkpoint restores into it and
+    the decoder is reported unused. Called like every backbone; returns (hidden [B,L,D], None)."""
+
+    def setup(self):
+        self._setup_encoder()
+
+    def __call__(self, inputs, segment_ids=None, token_types=None, positions=None, *, deterministic=True):
+        return self.encode(inputs, segment_ids, positions, deterministic=deterministic), None
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Family(ModelFamily):
     """An encoder-decoder: fine-tuned as text to text (its own LM head writes the answers)."""
@@ -297,6 +321,10 @@ class T5Family(ModelFamily):
 
     def build(self, config):
         return T5ForConditionalGeneration(config)
+
+    def backbone(self, config):
+        """The encoder, for sentence embeddings (tasks retrieval / similarity); other tasks are text to text."""
+        return T5EncoderModel(config)
 
     def init_inputs(self, config, batch_size=1, length=8, targets=4):
         return {"encoder_inputs": jnp.ones((batch_size, length), jnp.int32),
@@ -312,9 +340,10 @@ class T5Family(ModelFamily):
         layers = config.decoder_layers
         decoder = transformer_layer_train_flops(tokens=targets, keys=targets + tokens, matmul_params=layers * (
             6 * d * width + ff), num_layers=layers, attention_width=width)
-        cross_kv = 6.0 * layers * 2 * d * width * tokens
+        cross_kv = 6.0 * layers * 2 * d * width * tokens if targets else 0.0  # no decoder: the encoder alone
         return encoder + decoder + cross_kv
 
 
-T5 = T5Family("t5", T5Config, T5_SIZES)
-T5_V1_1 = T5Family("t5_v1_1", T5Config, T5_V1_1_SIZES, defaults=T5_V1_1_COMMON)
+# Text style: a text then EOS (sentence-T5's encoder input), as GPT-2's rows.
+T5 = T5Family("t5", T5Config, T5_SIZES, text_style="gpt2")
+T5_V1_1 = T5Family("t5_v1_1", T5Config, T5_V1_1_SIZES, defaults=T5_V1_1_COMMON, text_style="gpt2")

@@ -9,6 +9,8 @@ outputs become predictions and the task's official metrics (`predictions`, `metr
     token_classification.py  NER (CoNLL)
     question_answering.py    extractive QA (SQuAD)
     seq2seq.py               text to text (translation, summarisation, T5's GLUE / SQuAD as text)
+    retrieval.py             dense retrieval: a dual encoder with in-batch negatives (embedding.py: the head)
+    similarity.py            sentence-embedding similarity (STS-B by the cosine of two embeddings)
 
 Registered by `config.task` name in jaxlm/tasks/registry.py.
 """
@@ -63,10 +65,21 @@ class TaskSpec:
     decoder_start_id: int = 0
     num_beams: int = 1  # dev-set and predict generation: 1 = greedy
     length_penalty: float = 0.6
+    # Sentence embeddings (retrieval / similarity): sentence-transformers' Pooling -> Dense -> Normalize modules;
+    # passages / texts are cut to max_len, retrieval queries to max_query_len.
+    pooling: str = "mean"  # jaxlm.layers.pooling.POOLING_MODES, several joined by '+'
+    embedding_dim: int = 0  # > 0: a dense projection to this size after pooling
+    dense_activation: str = "tanh"  # sentence-transformers' Dense default
+    normalize: bool = False  # L2-normalise the embeddings (the Normalize module)
+    similarity_scale: float = 20.0  # MultipleNegativesRankingLoss: cosine x scale are the logits
+    symmetric_loss: bool = False  # add the passage -> query direction (MultipleNegativesSymmetricRankingLoss)
+    top_k: int = 10  # retrieval: passages returned per query by predict
+    hard_negatives: bool = False  # retrieval: each training row carries one hard negative
+    score_max: float = 5.0  # similarity: gold scores are divided by this to compare with a cosine (STS-B: 0-5)
 
     @property
     def num_labels(self) -> int:
-        fixed = {"regression": 1, "question_answering": 2, "seq2seq": 0}
+        fixed = {"regression": 1, "question_answering": 2, "seq2seq": 0, "retrieval": 0, "similarity": 0}
         return fixed[self.task] if self.task in fixed else len(self.labels)
 
     @property

@@ -56,11 +56,12 @@ class EpochBatches:
 
     def __init__(self, features: dict, batch_size: int, keys: Sequence[str], *, seed: int = 0,
                  process_index: int = 0, process_count: int = 1):
-        self.features, self.batch_size, self.keys = features, batch_size, tuple(keys)
+        self.keys = tuple(keys)
+        self.features, self.batch_size = {k: features[k] for k in self.keys}, batch_size  # host-side keys stay out
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self.epoch, self.batch = 0, 0
         self._it: Iterator | None = None
-        self.steps_per_epoch = num_batches(num_rows(features), batch_size)
+        self.steps_per_epoch = num_batches(num_rows(self.features), batch_size)
 
     def _start(self):
         self._it = iterate_batches(self.features, self.batch_size, shuffle=True, seed=self.seed,

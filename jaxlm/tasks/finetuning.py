@@ -115,7 +115,8 @@ class FinetunedRun:
 
     def predictor(self, batch_size: int | None = None):
         return self.task.predictor(self.spec, self.model, self.mesh, self.param_shardings,
-                                   batch_size or self.config["train"]["eval_batch_size"], self.tokenizer)
+                                   batch_size or (self.config.get("train") or {}).get("eval_batch_size", 64),
+                                   self.tokenizer)
 
 
 def best_step(workdir: str, metric: str) -> int | None:

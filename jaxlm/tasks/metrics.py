@@ -294,3 +294,34 @@ def text_metrics(names: Iterable[str], references: Sequence[str], hypotheses: Se
     if rouge_names:
         out.update(rouge(references, hypotheses, rouge_names))
     return out
+
+
+# ----- retrieval -----
+
+RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
+
+
+def retrieval_scores(ranked: Sequence[Sequence[int]], relevant: Sequence[Iterable[int]],
+                     recall_at: Sequence[int] = (1, 5, 10), cutoff: int = 10) -> dict[str, float]:
+    """Ranking metrics with binary relevance, as sentence-transformers' InformationRetrievalEvaluator computes
+    them: recall@k = |relevant in the top k| / |relevant|, MRR@cutoff = 1 / rank of the first relevant passage
+    (0 beyond the cutoff), nDCG@cutoff = DCG / ideal DCG with gain 1 / log2(rank + 1). Means over queries."""
+    if len(ranked) != len(relevant) or not len(ranked):
+        raise ValueError(f"retrieval_scores: {len(ranked)} rankings for {len(relevant)} relevance sets")
+    recall = {k: [] for k in recall_at}
+    mrr, ndcg = [], []
+    for ids, rel in zip(ranked, relevant):
+        rel = set(rel)
+        if not rel:
+            raise ValueError("retrieval_scores: a query without relevant passages")
+        ids = list(ids)
+        for k in recall_at:
+            recall[k].append(len(rel.intersection(ids[:k])) / len(rel))
+        hits = [rank for rank, i in enumerate(ids[:cutoff], 1) if i in rel]
+        mrr.append(1.0 / hits[0] if hits else 0.0)
+        dcg = sum(1.0 / np.log2(rank + 1) for rank in hits)
+        ideal = sum(1.0 / np.log2(rank + 1) for rank in range(1, min(len(rel), cutoff) + 1))
+        ndcg.append(dcg / ideal)
+    out = {f"recall@{k}": float(np.mean(v)) for k, v in recall.items()}
+    out.update({f"mrr@{cutoff}": float(np.mean(mrr)), f"ndcg@{cutoff}": float(np.mean(ndcg))})
+    return out

@@ -77,6 +77,17 @@ class Seq2SeqExample:
     example: TextExample | QAExample | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrievalExample:
+    """One query with its relevant passage (None: an unlabelled query, for predict) and optional hard negatives.
+    `group`: the unit a train / dev split keeps whole (SQuAD: the article), so that no passage is in both."""
+    guid: str  # "file:line" (SQuAD: the question id)
+    query: str
+    positive: str | None = None
+    negatives: tuple[str, ...] = ()
+    group: str = ""
+
+
 @dataclasses.dataclass
 class ReadStats:
     """What a reader kept and threw away."""
@@ -482,6 +493,78 @@ def read_squad(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> tupl
                     examples.append(QAExample(str(qa["id"]), qa["question"], context, tuple(answers), title))
     stats.examples = len(examples)
     return examples, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Retrieval pairs: (query, positive[, negative]) files, and SQuAD as questions over its paragraphs
+# ----------------------------------------------------------------------------------------------------------------
+
+def read_retrieval_pairs(path: str | os.PathLike, query_column: str | int, positive_column: str | int,
+                         negative_column: str | int | None = None, *, header: bool = True, format: str | None = None,
+                         skip_bad_lines: bool = False) -> tuple[list[RetrievalExample], ReadStats]:
+    """(query, positive[, hard negative]) rows of a TSV / CSV / JSONL file, as sentence-transformers' pair and
+    triplet datasets lay them out. An empty query, positive or negative is a bad line (file:line)."""
+    path = os.fspath(path)
+    if not is_file(path):
+        raise FileNotFoundError(f"task data file not found: {path}")
+    fmt = _format_of(path, format)
+    stats = ReadStats(path)
+    errors = _Errors(stats, skip_bad_lines)
+    roles = {"query": query_column, "positive": positive_column}
+    if negative_column is not None:
+        roles["negative"] = negative_column
+    records = _records(path, fmt)
+    if fmt == "jsonl":
+        index = roles
+    else:
+        head = None
+        if header:
+            first = next(records, None)
+            if first is None:
+                raise BadInputError(f"{path}:1: empty file (expected a header line)")
+            head = first[1]
+        index = {role: _column_index(path, head, col, role) for role, col in roles.items()}
+    examples = []
+    for number, fields in records:
+        where = f"{path}:{number}"
+        if isinstance(fields, Exception):
+            errors.bad("malformed_line", f"{where}: not valid JSON ({fields})")
+            continue
+        if fmt == "jsonl":
+            missing = [key for key in index.values() if not isinstance(fields, dict) or key not in fields]
+            if missing:
+                errors.bad("malformed_line", f"{where}: missing key(s) {missing}")
+                continue
+            values = {role: fields[key] for role, key in index.items()}
+        else:
+            if len(fields) <= max(index.values()):
+                errors.bad("malformed_line", f"{where}: {len(fields)} columns, expected at least "
+                           f"{max(index.values()) + 1} ({roles})")
+                continue
+            values = {role: fields[i] for role, i in index.items()}
+        negatives = (str(values["negative"]).strip(),) if "negative" in values else ()
+        query, positive = str(values["query"]).strip(), str(values["positive"]).strip()
+        if not query or not positive or not all(negatives):
+            empty = "query" if not query else "positive" if not positive else "negative"
+            errors.bad("empty_text", f"{where}: empty {empty} (column {roles[empty]!r})")
+            continue
+        examples.append(RetrievalExample(where, query, positive, negatives))
+    stats.examples = len(examples)
+    return examples, stats
+
+
+def squad_retrieval_examples(questions: Sequence[QAExample], split: str, heldout_every: int = 5
+                             ) -> list[RetrievalExample]:
+    """SQuAD questions as queries over their paragraphs, split by article so that no paragraph is in both:
+    every `heldout_every`-th article (in file order, the first included) is dev, the rest train; split '' or
+    'all' keeps every article."""
+    if split not in ("train", "dev", "validation", "", "all"):
+        raise ValueError(f"SQuAD retrieval split {split!r}: train, dev (validation) or all")
+    titles = list(dict.fromkeys(q.title for q in questions))
+    dev = {t for i, t in enumerate(titles) if i % heldout_every == 0}
+    keep = (lambda t: True) if split in ("", "all") else (lambda t: t in dev) if split != "train" else (
+        lambda t: t not in dev)
+    return [RetrievalExample(q.id, q.question, q.context, (), q.title) for q in questions if keep(q.title)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

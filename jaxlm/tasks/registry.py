@@ -5,10 +5,13 @@ from __future__ import annotations
 from jaxlm.tasks.base import Task, normalized_format
 from jaxlm.tasks.classification import ClassificationTask
 from jaxlm.tasks.question_answering import QuestionAnsweringTask
+from jaxlm.tasks.retrieval import RetrievalTask
 from jaxlm.tasks.seq2seq import Seq2SeqTask
+from jaxlm.tasks.similarity import SimilarityTask
 from jaxlm.tasks.token_classification import TokenClassificationTask
 
-TASK_CLASSES: list[type[Task]] = [ClassificationTask, TokenClassificationTask, QuestionAnsweringTask, Seq2SeqTask]
+TASK_CLASSES: list[type[Task]] = [ClassificationTask, TokenClassificationTask, QuestionAnsweringTask, Seq2SeqTask,
+                                  RetrievalTask, SimilarityTask]
 TASKS: dict[str, Task] = {name: cls() for cls in TASK_CLASSES for name in cls.names}
 
 
