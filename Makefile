@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # at once (--dist loadscope keeps each module, and its module-scoped fixtures, on one worker).
 TEST_WORKERS ?= 2
 
-.PHONY: install install-test demo lint test test-fast bench clean
+.PHONY: install install-test demo lint test test-slow test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,17 +36,21 @@ DEMO_WORKDIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 demo: install
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m jaxlm.pretrain --config=configs/pretrain/quickstart.py --workdir=$(DEMO_WORKDIR)
 
-# Huge pages here too (the suite is mostly XLA CPU steps); --durations lists what to trim when it grows.
+# Everything but the end-to-end runs marked `slow` (under 10 minutes on CI's 2 cores); huge pages here too (the
+# suite is mostly XLA CPU steps); --durations lists what to trim when it grows.
+PYTEST := GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope
 test: install-test
-	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+# The end-to-end runs (pretrain -> fine-tune -> evaluate, resume after SIGKILL, two processes); CI runs them too.
+test-slow: install-test
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 # pyflakes, pycodestyle, import order and likely bugs ([tool.ruff] in pyproject.toml); CI runs it before the tests.
 lint: install-test
 	$(BIN)/ruff check jaxlm tests benchmarks tpu configs
-
-# Everything except the end-to-end runs marked `slow`.
-test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 bench: install-test
 	$(BIN)/python benchmarks/train_step.py
