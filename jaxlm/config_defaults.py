@@ -209,6 +209,9 @@ def finetune_config() -> ml_collections.ConfigDict:
         scale=20.0,
         symmetric=False,  # retrieval: add the passage -> query direction of the loss
         top_k=10,  # retrieval predict: passages returned per query
+        # An embedding init checkpoint (an imported sentence-transformers model, an earlier retrieval / similarity
+        # run) keeps its own pooling / dense / normalize, and its dense weights; False: the settings above.
+        from_checkpoint=True,
     ))
     # seq2seq: how dev-set and predict outputs are generated (jaxlm.decoding).
     c.generation = ml_collections.ConfigDict(dict(num_beams=1, length_penalty=0.6))  # 1 beam = greedy

@@ -30,11 +30,10 @@ from jaxlm.models.common import unbox
 from jaxlm.paths import open_text
 from jaxlm.tasks import BadInputError
 from jaxlm.tasks.base import TaskSpec
-from jaxlm.tasks.embedding import Encoder, text_rows
+from jaxlm.tasks.embedding import EMBEDDING_TASKS, Encoder, text_rows
 from jaxlm.tasks.finetuning import load_finetuned
 from jaxlm.tasks.registry import get_task
 
-EMBEDDING_TASKS = ("retrieval", "similarity")
 DEFAULT_MAX_LEN = 512
 
 

@@ -22,6 +22,7 @@ from jaxlm import sharding, train
 from jaxlm.cli import quiet_library_logs
 from jaxlm.config_defaults import check_overrides
 from jaxlm.data import keep_tokenizer
+from jaxlm.data.byte_tokenizer import parse_bytes_name
 from jaxlm.paths import absolute
 from jaxlm.run_lock import workdir_lock
 from jaxlm.tasks import BadInputError, EpochBatches, num_rows
@@ -107,8 +108,9 @@ def _train(config, workdir: str):
                                             best_mode="min" if best_metric in LOWER_IS_BETTER else "max")
     report = None
     if manager.latest_step() is None and config.init_checkpoint:
-        params, report = restore_backbone(state.params, config.init_checkpoint,
-                                          step=None if config.init_step < 0 else config.init_step)
+        init_step = None if config.init_step < 0 else config.init_step
+        params, report = restore_backbone(state.params, config.init_checkpoint, step=init_step)
+        params = task.restore_head(spec, params, config.init_checkpoint, init_step)
         state = state.replace(params=params)
         write_json(os.path.join(workdir, "backbone_report.json"), dataclasses.asdict(report))
     elif manager.latest_step() is not None:
@@ -128,7 +130,9 @@ def _train(config, workdir: str):
     saved_config = {
         **config.to_dict(), "model": {**config.model.to_dict(), "family": s.model_config.family},
         "model_config": dataclasses.asdict(s.model_config), "task_spec": dataclasses.asdict(spec),
-        "best_metric": best_metric, "tokenizer_file": absolute(tokenizer_path),
+        "best_metric": best_metric,
+        # the tokenizer's own name where nothing is on disk ("bytes"), else its absolute path
+        "tokenizer_file": tokenizer_path if parse_bytes_name(tokenizer_path) is not None else absolute(tokenizer_path),
         "init_checkpoint_resolved": absolute(config.init_checkpoint) if config.init_checkpoint else None,
     }
     peak = None

@@ -373,3 +373,48 @@ def test_t5_encoder_backbone_is_the_seq2seq_models_encoder():
     spec = get_task("retrieval").spec(load_config_file(os.path.join(ROOT, "configs", "finetune",
                                                                     "retrieval_squad.py")), family_of(config))
     assert spec.style == "gpt2"  # a text then EOS, sentence-T5's encoder input
+
+
+def _pairs_config(pairs_file, init="", **overrides):
+    config = finetune_config()
+    with config.unlocked():
+        config.task = "retrieval"
+        config.data.format = "pairs"
+        config.data.train_file = config.data.eval_file = str(pairs_file)
+        config.data.max_len, config.data.max_query_len = 32, 16
+        config.init_checkpoint = init
+        if not init:
+            config.tokenizer = "bytes"
+            config.model.family = "bert"
+            config.model.update({**TINY, "vocab_size": 384})
+        config.train.batch_size = config.train.eval_batch_size = 8
+        config.train.progress_bar = False
+        config.train.num_steps = 3
+        config.optimizer.learning_rate = 1e-3
+        for key, value in overrides.items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+    return config
+
+
+def test_an_embedding_checkpoint_keeps_its_pooling_and_dense_head_when_fine_tuned_further(tmp_path):
+    from jaxlm import embed, finetune
+    from jaxlm.tasks.finetuning import setup
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("query\tpositive\n" + "".join(f"question {i}?\tanswer number {i} is {i * 7}.\n"
+                                                   for i in range(24)))
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    finetune.run(_pairs_config(pairs, **{"embedding.pooling": "cls", "embedding.dim": 8,
+                                         "embedding.normalize": True}), first)
+    # The defaults say mean pooling, no dense: the checkpoint's own head wins, weights included (lr 0: no change).
+    finetune.run(_pairs_config(pairs, init=first, **{"optimizer.learning_rate": 0.0,
+                                                     "optimizer.weight_decay": 0.0}), second)
+    spec = embed.load(second).spec
+    assert (spec.pooling, spec.embedding_dim, spec.normalize) == ("cls", 8, True)
+    texts = ["question 3?", "a much longer text than the others in this batch of three", "x"]
+    np.testing.assert_allclose(embed.load(second).encode(texts, batch_size=8),
+                               embed.load(first).encode(texts, batch_size=8), atol=1e-6)
+    # from_checkpoint=False: the config's own head.
+    own = setup(_pairs_config(pairs, init=first, **{"embedding.from_checkpoint": False})).spec
+    assert (own.pooling, own.embedding_dim, own.normalize) == ("mean", 0, False)

@@ -205,6 +205,14 @@ class Task:
         """The spec with what it takes from the backbone's config (text to text: the pad and decoder start ids)."""
         return spec
 
+    def with_init_checkpoint(self, spec: TaskSpec, config, saved: dict | None) -> TaskSpec:
+        """The spec with what it keeps of the init checkpoint's own task (`saved`: its saved config, or None)."""
+        return spec
+
+    def restore_head(self, spec: TaskSpec, params: dict, init: str, step: int | None) -> dict:
+        """Params with the head read from the init checkpoint where this task keeps it (default: a new head)."""
+        return params
+
     def check_family(self, task: str, family) -> None:
         if family.kind not in self.kinds:
             raise ValueError(f"task {task!r} is not supported for a {family.name!r} model ({family.kind}); it needs "

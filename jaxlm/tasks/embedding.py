@@ -10,6 +10,7 @@ the corpus sharded over every device, queries in fixed-size chunks.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlm import sharding as shd
+from jaxlm import workdir as wd
 from jaxlm.layers.mlp import ACTIVATIONS
 from jaxlm.layers.pooling import parse_pooling, pool
 from jaxlm.tasks.base import TaskSpec, apply_model, dense
@@ -64,6 +66,39 @@ class EmbeddingHead(nn.Module):
         if self.normalize:
             emb_BxE = l2_normalize(emb_BxE)
         return {"embeddings": emb_BxE.astype(jnp.float32)}
+
+
+EMBEDDING_TASKS = ("retrieval", "similarity")
+HEAD_FIELDS = ("pooling", "embedding_dim", "dense_activation", "normalize")
+
+
+def inherited_head(spec: TaskSpec, config, saved: dict | None) -> TaskSpec:
+    """An embedding init checkpoint (an imported sentence-transformers model, an earlier retrieval / similarity
+    run) keeps its pooling, dense projection and normalisation unless config.embedding.from_checkpoint=False."""
+    own = (saved or {}).get("task_spec") or {}
+    if not config.embedding.from_checkpoint or own.get("task") not in EMBEDDING_TASKS:
+        return spec
+    return dataclasses.replace(spec, **{k: own[k] for k in HEAD_FIELDS if k in own})
+
+
+def restored_head(spec: TaskSpec, params: dict, init: str, step: int | None) -> dict:
+    """Params with head/dense read from an embedding init checkpoint of the same head (onto the shardings of
+    the freshly initialised one); any other checkpoint leaves the head as initialised."""
+    if "dense" not in params.get("head", {}):
+        return params
+    stored = wd.stored_param_shapes(init, step)
+    have = (stored.get("head") or {}).get("dense")
+    if have is None:
+        return params
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          params["head"]["dense"])
+    shapes = {k: tuple(v.shape) for k, v in have.items()}
+    wanted = {k: tuple(v.shape) for k, v in target.items()}
+    if shapes != wanted:
+        raise ValueError(f"{init}: its embedding head's dense layer has shapes {shapes}, the model's {wanted} "
+                         "(set config.embedding.from_checkpoint=False for a new head)")
+    dense, _, _ = wd.read_params(init, step, target=target, subtree=("head", "dense"))
+    return {**params, "head": {**params["head"], "dense": dense}}
 
 
 def embedding_head(spec: TaskSpec, model_config) -> EmbeddingHead:

@@ -66,6 +66,7 @@ def setup(config, workdir: str | None = None) -> Setup:
     task = task_for_config(config)
     spec = task.spec(config, family)
     spec = task.with_model(spec, model_config)
+    spec = task.with_init_checkpoint(spec, config, saved)
     task.check_fits(spec, model_config, tokenizer)
     return Setup(task, spec, model_config, task.model(spec, model_config), tokenizer_path, tokenizer)
 

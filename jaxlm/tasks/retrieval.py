@@ -35,9 +35,11 @@ from jaxlm.tasks.embedding import (
     cosine,
     embed_batch,
     embedding_head,
+    inherited_head,
     l2_normalize,
     nearest,
     prefixed,
+    restored_head,
     rows_of,
     text_rows,
 )
@@ -212,6 +214,12 @@ class RetrievalTask(Task):
         return tuple(f"{p}_{k}" for p in prefixes(spec) for k in MODEL_INPUT_KEYS) + ("example_weights",)
 
     # ------------------------------------------------------------------ model
+    def with_init_checkpoint(self, spec, config, saved):
+        return inherited_head(spec, config, saved)
+
+    def restore_head(self, spec, params, init, step):
+        return restored_head(spec, params, init, step)
+
     def head(self, spec, model_config):
         return embedding_head(spec, model_config)
 

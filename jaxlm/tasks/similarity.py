@@ -26,8 +26,10 @@ from jaxlm.tasks.embedding import (
     cosine,
     embed_batch,
     embedding_head,
+    inherited_head,
     l2_normalize,
     prefixed,
+    restored_head,
     rows_of,
     text_rows,
 )
@@ -94,6 +96,12 @@ class SimilarityTask(Task):
 
     def device_keys(self, spec):
         return tuple(f"{p}_{k}" for p in ("a", "b") for k in MODEL_INPUT_KEYS) + ("labels", "example_weights")
+
+    def with_init_checkpoint(self, spec, config, saved):
+        return inherited_head(spec, config, saved)
+
+    def restore_head(self, spec, params, init, step):
+        return restored_head(spec, params, init, step)
 
     def head(self, spec, model_config):
         return embedding_head(spec, model_config)
