@@ -48,6 +48,13 @@ class Embedder:
     param_shardings: Any
     batch_size: int = 32
     source: str = ""
+    _encoders: dict = dataclasses.field(default_factory=dict, repr=False)  # batch size -> Encoder (compiled once)
+
+    def _encoder(self, batch_size: int) -> Encoder:
+        """One Encoder (one jitted function) per batch size, kept: a second encode() compiles nothing new."""
+        if batch_size not in self._encoders:
+            self._encoders[batch_size] = Encoder(self.model, self.mesh, self.param_shardings, batch_size)
+        return self._encoders[batch_size]
 
     @property
     def max_len(self) -> int:
@@ -64,8 +71,8 @@ class Embedder:
         if progress and jax.process_index() == 0:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(texts), unit="text", desc="embed")
-        encoder = Encoder(self.model, self.mesh, self.param_shardings, batch_size or self.batch_size,
-                          progress=bar.update if bar is not None else None)
+        encoder = self._encoder(batch_size or self.batch_size)
+        encoder.progress = bar.update if bar is not None else None
         try:
             return encoder(self.params, rows)
         finally:
