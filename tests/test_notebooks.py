@@ -14,12 +14,15 @@ nbformat = pytest.importorskip("nbformat", reason="notebook tests need the `test
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 SST2 = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "glue", "SST-2", "train.tsv"))
+SQUAD = os.path.join(os.environ.get("JAXLM_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data"), "squad",
+                     "dev-v1.1.json")
 # notebook -> what its last cells print when everything worked
 EXPECTED = {
     "quickstart.ipynb": "the reloaded model makes the same predictions",
     "import_hf.ipynb": "parity within 1e-4: OK",
     "finetune.ipynb": "accuracy",
     "generate.ipynb": "generate notebook: OK",
+    "retrieval.ipynb": "retrieval notebook: OK",
 }
 
 
@@ -36,6 +39,8 @@ def _skip_reason(name):
             return f"import_hf.ipynb builds a Hugging Face model: {missing} not installed (the `hf` extra)"
     if name == "finetune.ipynb" and not os.path.exists(SST2):
         return f"finetune.ipynb offline reads SST-2 from {SST2}, which is absent"
+    if name == "retrieval.ipynb" and not os.path.exists(SQUAD):
+        return f"retrieval.ipynb offline reads SQuAD v1.1 dev from {SQUAD}, which is absent"
     return None
 
 
@@ -91,6 +96,6 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     assert EXPECTED[name] in text, text[-2000:]
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == {"quickstart.ipynb": 1, "import_hf.ipynb": 0, "finetune.ipynb": 1,
-                           "generate.ipynb": 0}[name]
+                           "generate.ipynb": 0, "retrieval.ipynb": 0}[name]
     after = set(os.listdir(runs)) if os.path.isdir(runs) else set()
     assert after == before, f"the notebook wrote into the repository: {sorted(after - before)}"
