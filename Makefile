@@ -23,7 +23,7 @@ $(CORE_STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 $(TEST_STAMP): $(CORE_STAMP)
 	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
-	$(BIN)/python -m pip install --quiet -e '.[test,hf]'
+	$(BIN)/python -m pip install --quiet -e '.[test,hf,eval]'
 	touch $@
 
 install: $(CORE_STAMP)
