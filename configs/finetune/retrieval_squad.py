@@ -4,8 +4,8 @@ splits); a dual encoder fine-tuned with in-batch negatives; dev recall@1/5/10, M
 articles' paragraphs, the checkpoint kept by nDCG@10.
 
 Hyperparameters: sentence-transformers' MultipleNegativesRankingLoss recipe (training_nli_v2.py, the MS MARCO
-bi-encoder examples): mean pooling, cosine x 20, lr 2e-5 with 10% warmup, one epoch; the batch is as large as
-memory allows (every other pair of the global batch is a negative), here 64.
+bi-encoder examples): mean pooling, cosine x 20, lr 2e-5 with 10% warmup, weight decay 0.01, 1.0 epochs; the
+batch is as large as memory allows (every other pair of the global batch is a negative), here 64.
 
     python -m jaxlm.finetune --config=configs/finetune/retrieval_squad.py --config.init_checkpoint=RUN --workdir=DIR
     python -m jaxlm.evaluate --workdir=DIR
