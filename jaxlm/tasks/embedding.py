@@ -11,7 +11,7 @@ the corpus sharded over every device, queries in fixed-size chunks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ from jaxlm import sharding as shd
 from jaxlm import workdir as wd
 from jaxlm.layers.mlp import ACTIVATIONS
 from jaxlm.layers.pooling import parse_pooling, pool
-from jaxlm.tasks.base import TaskSpec, apply_model, dense
+from jaxlm.tasks.base import Task, TaskSpec, apply_model, dense
 from jaxlm.tasks.batches import iterate_batches
 from jaxlm.tasks.features import MODEL_INPUT_KEYS, classification_features
 from jaxlm.tasks.readers import TextExample
@@ -103,6 +103,21 @@ def restored_head(spec: TaskSpec, params: dict, init: str, step: int | None) -> 
 
 def embedding_head(spec: TaskSpec, model_config) -> EmbeddingHead:
     return EmbeddingHead(model_config, spec.pooling, spec.embedding_dim, spec.dense_activation, spec.normalize)
+
+
+class EmbeddingTask(Task):
+    """What the embedding tasks (retrieval, similarity) share: the embedding head, kept from an embedding init
+    checkpoint, on any backbone kind (T5: its encoder)."""
+    kinds: ClassVar[tuple[str, ...]] = ("encoder", "decoder", "encoder_decoder")
+
+    def with_init_checkpoint(self, spec, config, saved):
+        return inherited_head(spec, config, saved)
+
+    def restore_head(self, spec, params, init, step):
+        return restored_head(spec, params, init, step)
+
+    def head(self, spec, model_config):
+        return embedding_head(spec, model_config)
 
 
 def text_rows(texts: Sequence[str], tokenizer, max_len: int, style: str) -> dict[str, np.ndarray]:

@@ -28,18 +28,16 @@ from jaxlm import sharding as shd
 from jaxlm.models import family_of
 from jaxlm.tasks import metrics as task_metrics
 from jaxlm.tasks import readers
-from jaxlm.tasks.base import Task, TaskSpec, column, logged, normalized_format, weights_of
+from jaxlm.tasks.base import TaskSpec, column, logged, normalized_format, weights_of
 from jaxlm.tasks.embedding import (
+    EmbeddingTask,
     Encoder,
     check_embedding_spec,
     cosine,
     embed_batch,
-    embedding_head,
-    inherited_head,
     l2_normalize,
     nearest,
     prefixed,
-    restored_head,
     rows_of,
     text_rows,
 )
@@ -114,10 +112,9 @@ class RetrievalPredictor:
         return {"query_embeddings": q, "corpus_embeddings": c, "top_ids": ids, "top_scores": scores}, loss
 
 
-class RetrievalTask(Task):
+class RetrievalTask(EmbeddingTask):
     names: ClassVar[tuple[str, ...]] = ("retrieval",)
     formats: ClassVar[tuple[str, ...]] = ("pairs", "squad")
-    kinds: ClassVar[tuple[str, ...]] = ("encoder", "decoder", "encoder_decoder")  # T5: its encoder
 
     def spec(self, config, family):
         d, e = config.data, config.embedding
@@ -214,15 +211,6 @@ class RetrievalTask(Task):
         return tuple(f"{p}_{k}" for p in prefixes(spec) for k in MODEL_INPUT_KEYS) + ("example_weights",)
 
     # ------------------------------------------------------------------ model
-    def with_init_checkpoint(self, spec, config, saved):
-        return inherited_head(spec, config, saved)
-
-    def restore_head(self, spec, params, init, step):
-        return restored_head(spec, params, init, step)
-
-    def head(self, spec, model_config):
-        return embedding_head(spec, model_config)
-
     def loss_fn(self, spec, model):
         def loss_fn(params, batch, rng):
             names = prefixes(spec)

@@ -19,17 +19,15 @@ from jaxlm import sharding as shd
 from jaxlm.models import family_of
 from jaxlm.tasks import metrics as task_metrics
 from jaxlm.tasks import readers
-from jaxlm.tasks.base import Task, TaskSpec, column, logged, normalized_format, record_field, weights_of
+from jaxlm.tasks.base import TaskSpec, column, logged, normalized_format, record_field, weights_of
 from jaxlm.tasks.embedding import (
+    EmbeddingTask,
     Encoder,
     check_embedding_spec,
     cosine,
     embed_batch,
-    embedding_head,
-    inherited_head,
     l2_normalize,
     prefixed,
-    restored_head,
     rows_of,
     text_rows,
 )
@@ -50,10 +48,9 @@ class SimilarityPredictor:
         return {"cosine": cos}, float(np.sum(err * w) / max(np.sum(w), 1e-8))
 
 
-class SimilarityTask(Task):
+class SimilarityTask(EmbeddingTask):
     names: ClassVar[tuple[str, ...]] = ("similarity",)
     formats: ClassVar[tuple[str, ...]] = ("stsb", "sts")
-    kinds: ClassVar[tuple[str, ...]] = ("encoder", "decoder", "encoder_decoder")  # T5: its encoder
 
     def spec(self, config, family):
         d, e = config.data, config.embedding
@@ -96,15 +93,6 @@ class SimilarityTask(Task):
 
     def device_keys(self, spec):
         return tuple(f"{p}_{k}" for p in ("a", "b") for k in MODEL_INPUT_KEYS) + ("labels", "example_weights")
-
-    def with_init_checkpoint(self, spec, config, saved):
-        return inherited_head(spec, config, saved)
-
-    def restore_head(self, spec, params, init, step):
-        return restored_head(spec, params, init, step)
-
-    def head(self, spec, model_config):
-        return embedding_head(spec, model_config)
 
     def loss_fn(self, spec, model):
         def loss_fn(params, batch, rng):
