@@ -71,6 +71,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
         dataset="jaxlm_pydoc",  # jaxlm_pydoc (embedded, offline) | text_files | any prepared TFDS name (c4/en, ...)
         text_files="",  # dataset=text_files: a path, glob or comma-separated list
         document_separator="file",  # text_files: one document per 'file' or documents split by 'blank_line'
+        max_bad_document_fraction=0.01,  # text_files: above this share of documents with invalid UTF-8 / NUL, stop
         data_dir="",  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
         train_split="train",
         eval_split="validation",

@@ -53,6 +53,14 @@ def _check_batch(name: str, batch_size: int, mesh, process_count: int):
                          f"({shards}) and of the {process_count} process(es)")
 
 
+def _check_run_length(t) -> None:
+    if t.num_steps < -1:
+        raise ValueError(f"config.train.num_steps={t.num_steps} must be >= 1, or -1 / 0 to train "
+                         f"config.train.num_epochs={t.num_epochs} epochs")
+    if t.num_epochs < 0:
+        raise ValueError(f"config.train.num_epochs={t.num_epochs} must be >= 0 (0 only evaluates the initial model)")
+
+
 def _eval_at(workdir: str, step: int) -> dict | None:
     """The dev metrics logged at `step` (metrics.jsonl)."""
     found = None
@@ -73,6 +81,7 @@ def run(config, workdir: str):
 
 def _train(config, workdir: str):
     process_index, process_count = jax.process_index(), jax.process_count()
+    _check_run_length(config.train)
     s = setup(config, workdir)
     task, spec = s.task, s.spec
     logging.info("task %s (%s, %s labels); backbone %s", spec.task, spec.format, spec.num_labels, s.model_config)

@@ -312,6 +312,23 @@ def test_unknown_architecture_and_unexpected_or_missing_tensors_are_named_errors
         load_hf(bad)
 
 
+def test_a_truncated_weight_file_is_named_with_its_size(hf_dirs, tmp_path):
+    """An interrupted download: safetensors' bare SafetensorError (and torch's zip error) named no file."""
+    model, model_dir = hf_dirs["gpt2"]
+    shutil.copy(os.path.join(model_dir, "config.json"), tmp_path)
+    whole = open(os.path.join(model_dir, "model.safetensors"), "rb").read()
+    (tmp_path / "model.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"{tmp_path}/model.safetensors \({len(whole) // 2:,} bytes\) cannot be "
+                                         r"read as safetensors.*interrupted download"):
+        load_hf(str(tmp_path))
+    os.remove(tmp_path / "model.safetensors")
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    whole = (tmp_path / "pytorch_model.bin").read_bytes()
+    (tmp_path / "pytorch_model.bin").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match=r"pytorch_model.bin \(.* bytes\) cannot be read as a PyTorch state dict"):
+        load_hf(str(tmp_path))
+
+
 def test_pytorch_bin_without_torch_is_a_clear_error(hf_dirs, tmp_path, monkeypatch):
     model, model_dir = hf_dirs["gpt2"]
     shutil.copy(os.path.join(model_dir, "config.json"), tmp_path)

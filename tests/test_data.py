@@ -66,8 +66,9 @@ def text_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def text_corpus(text_dir, data_dir):
+    # bad.txt's invalid bytes are 1 document in 6: above the default 1% refusal threshold, allowed here
     return prepare_text_files(str(text_dir / "*.txt"), data_dir, document_separator="blank_line",
-                              max_document_chars=4000)
+                              max_document_chars=4000, max_bad_fraction=0.2)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -102,8 +103,52 @@ def test_text_files_builder_handles_bad_data(text_corpus, text_dir, data_dir):
     assert sorted(t for t in texts if t.startswith("Line ")) == sorted(long_pieces)
     # prepared once: a second call reuses the files and the saved stats
     again = prepare_text_files(str(text_dir / "*.txt"), data_dir, document_separator="blank_line",
-                               max_document_chars=4000)
+                               max_document_chars=4000, max_bad_fraction=0.2)
     assert again.name == text_corpus.name and again.stats.as_dict() == stats.as_dict()
+    assert stats.bad_documents == 1 and stats.bad_examples == [f"{text_dir / 'bad.txt'} (document 0)"]
+
+
+def _leftover_dirs(data_dir):
+    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("separator", ["file", "blank_line"])
+def test_a_binary_file_as_corpus_is_refused_naming_it_and_leaves_nothing(tmp_path, separator):
+    """An executable passed as text_files (the /bin/ls case): its NUL and invalid UTF-8 bytes are counted and
+    preparation stops naming the file and the threshold's config key; no dataset folders are left behind."""
+    binary = tmp_path / "ls"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 40 + b"\n\n" + b"\x00\xff" * 300)
+    (tmp_path / "notes.txt").write_text("A real document.\n")
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=rf"{binary}.*documents .* hold invalid UTF-8 or NUL bytes, more than "
+                                         r"config.data.max_bad_document_fraction=0.01"):
+        prepare_text_files([binary, tmp_path / "notes.txt"], data_dir, document_separator=separator)
+    assert not data_dir.exists() or _leftover_dirs(data_dir) == []
+
+
+def test_a_few_bad_documents_are_counted_and_kept(tmp_path):
+    """1 document with a NUL byte among 150 (0.7%, under the 1% threshold): kept, counted, named in the stats."""
+    corpus = tmp_path / "corpus.txt"
+    docs = [f"Document {i} talks about topic {i % 7}." for i in range(150)]
+    docs[42] = "A document with a stray \x00 NUL byte."
+    corpus.write_text("\n\n".join(docs))
+    prepared = prepare_text_files(corpus, tmp_path / "tfds", document_separator="blank_line")
+    s = prepared.stats
+    assert (s.documents, s.nul_bytes, s.bad_documents, s.bad_examples) == (150, 1, 1, [f"{corpus} (document 42)"])
+
+
+def test_a_single_small_file_or_an_empty_one_is_refused_naming_it(tmp_path):
+    """One document leaves no validation split (TFDS's own error was an assertion about 'validation'); an empty
+    file has no text. Both errors name the file, and nothing is left in the data_dir."""
+    small, empty = tmp_path / "small.txt", tmp_path / "empty.txt"
+    small.write_text("hello world, one short document\n")
+    empty.write_text("  \n\n")
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=rf"{small}: one document.*document_separator='blank_line'"):
+        prepare_text_files(small, data_dir)
+    with pytest.raises(ValueError, match=rf"{empty}: no text to prepare"):
+        prepare_text_files(empty, data_dir, document_separator="blank_line")
+    assert not data_dir.exists() or _leftover_dirs(data_dir) == []
 
 
 def test_unprepared_dataset_errors_clearly(tmp_path):

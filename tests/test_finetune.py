@@ -20,8 +20,8 @@ from jaxlm import sharding as shd
 from jaxlm.config_defaults import finetune_config, load_config_file
 from jaxlm.models import build_model, get_model_config
 from jaxlm.tasks import EpochBatches, TaskSpec, get_task
+from jaxlm.tasks.finetuning import check_family, setup, task_spec
 from jaxlm.tasks.finetuning import task_model as build_task_model
-from jaxlm.tasks.finetuning import task_spec
 from jaxlm.train import TrainState, create_train_state, make_checkpoint_manager, save_checkpoint
 from jaxlm.train.backbone import layerwise_lr_scales
 from jaxlm.workdir import restore_backbone
@@ -367,6 +367,36 @@ def test_roberta_glue_configs_follow_their_table(monkeypatch):
             load_config_file(f"{path}:{bad}")
     with pytest.raises(ValueError, match="one of mnli"):
         load_config_file(path)
+
+
+def test_a_recipe_for_another_family_is_refused_naming_the_key(tmp_path, caplog):
+    """config.model.family was once ignored when init_checkpoint held another network (xlnet_glue.py's recipe
+    fine-tuning a GPT-2): now an error naming the key; a variant of the same network (RoBERTa for a BERT
+    checkpoint) is logged and fine-tuned as the checkpoint's family."""
+    gpt2_config, _ = save_pretraining_checkpoint(tmp_path / "gpt2", family="gpt2")
+    config = finetune_config()
+    config.update(init_checkpoint=str(tmp_path / "gpt2"), tokenizer="bytes")
+    config.model.family = "xlnet"
+    with pytest.raises(ValueError, match=r"config.model.family='xlnet', but config.init_checkpoint=.*gpt2' holds a "
+                                         r"'gpt2' model.*--config.model.family=gpt2"):
+        setup(config)
+    bert_config = get_model_config("bert", None, **TINY)
+    with caplog.at_level("WARNING"):
+        check_family("roberta", bert_config, "RUN")
+    assert "is a 'bert' model and is fine-tuned as one" in caplog.text
+    check_family("", gpt2_config, "RUN")  # unset: the checkpoint's family
+
+
+def test_a_bad_run_length_names_its_key(tmp_path):
+    """num_steps=-5 once fell through to the epochs count; checked before any data or model is built."""
+    from jaxlm import finetune
+
+    for key, value, message in (("num_steps", -5, r"config.train.num_steps=-5 must be >= 1, or -1 / 0 to train"),
+                                ("num_epochs", -1.0, r"config.train.num_epochs=-1.0 must be >= 0")):
+        config = finetune_config()
+        config.train[key] = value
+        with pytest.raises(ValueError, match=message):
+            finetune.run(config, str(tmp_path / key))
 
 
 def test_task_must_fit_format():

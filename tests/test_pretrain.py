@@ -97,6 +97,65 @@ def test_exact_resume_after_sigkill_with_packing(tmp_path, tokenizer_file):
     assert expected[30] < expected[1]
 
 
+def _train_lines(workdir):
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"split": "train"' in line for line in path.read_text().splitlines())
+
+
+def _saving(checkpoints):
+    """True while Orbax writes a step (its tmp directory exists)."""
+    try:
+        return any(".orbax-checkpoint-tmp" in name for name in os.listdir(checkpoints))
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_fault_injection_sigkills_and_a_ctrl_c_resume_to_the_uninterrupted_run_bitwise(tmp_path, tokenizer_file):
+    """Five SIGKILLs at seeded moments (one while an async save is in flight) and one Ctrl-C, each followed by a
+    resume: the per-step losses and the final parameters equal an uninterrupted run's bitwise."""
+    data_dir, tok = tokenizer_file
+    common = (f"--config.data.tokenizer={tok}", "--config.train.num_steps=40", "--config.train.checkpoint_every=4")
+    straight = tmp_path / "straight"
+    run(pretrain_cmd(straight, data_dir, TINY + ":gpt2", *common))
+
+    rng = np.random.default_rng(20261203)
+    faults = [("SIGKILL", int(d)) for d in rng.integers(2, 9, size=4)] + [("SIGKILL", "save"), ("SIGINT", 5)]
+    faults = [faults[i] for i in rng.permutation(len(faults))]
+    faulty, survived, during_save = tmp_path / "faulty", [], 0
+    checkpoints = faulty / "checkpoints"
+    for signame, when in faults:
+        logged_before = _train_lines(faulty)
+        proc = subprocess.Popen(pretrain_cmd(faulty, data_dir, TINY + ":gpt2", *common), cwd=ROOT,
+                                env=env_with_devices(8), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            due = _saving(checkpoints) if when == "save" else _train_lines(faulty) - logged_before >= when
+            if due:
+                break
+            time.sleep(0.001 if when == "save" else 0.02)
+        if proc.poll() is not None:  # it finished first: the remaining faults cannot happen
+            break
+        during_save += when == "save" and _saving(checkpoints)
+        proc.send_signal(getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=300)
+        expected_rc = 0 if signame == "SIGINT" else -signal.SIGKILL
+        assert proc.returncode == expected_rc, f"{signame} at {when}: rc {proc.returncode}\n{stderr[-3000:]}"
+        survived.append((signame, when))
+    run(pretrain_cmd(faulty, data_dir, TINY + ":gpt2", *common))
+    print(f"faults survived: {len(survived)} ({survived}); SIGKILLs during an async save: {during_save}")
+    assert len(survived) == len(faults) and during_save == 1
+
+    expected, resumed = train_losses(straight), train_losses(faulty)
+    assert sorted(resumed) == list(range(1, 41))
+    assert all(resumed[step] == expected[step] for step in expected), "a resumed step's loss differs"
+    (step_a, params_a), (step_b, params_b) = final_params(straight), final_params(faulty)
+    assert step_a == step_b == 40
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,6 +220,24 @@ def test_quickstart_config_shortened_runs_and_loss_falls(tmp_path, tokenizer_fil
     assert os.path.exists(workdir / "loss_curve.png")
     assert os.path.exists(workdir / "tokenizer.model")
     assert "mfu" in proc.stdout.lower() or "mfu" in json.dumps(summary).lower()
+
+
+def test_bad_run_length_and_batch_keys_are_named():
+    """num_steps=-5 once blamed optimizer.total_steps; batch size 0 named no key."""
+    from jaxlm.pretrain import check_train_section
+    from tests.configs.tiny import get_config
+
+    for key, value, message in (("num_steps", -5, r"config.train.num_steps=-5 must be >= 1"),
+                                ("batch_size", 0, r"config.train.batch_size=0 must be >= 1"),
+                                ("checkpoint_every", -1, r"config.train.checkpoint_every=-1 must be >= 0")):
+        config = get_config("gpt2")
+        config.train[key] = value
+        with pytest.raises(ValueError, match=message):
+            check_train_section(config, 1)
+    config = get_config("gpt2")
+    config.train.batch_size = 6
+    with pytest.raises(ValueError, match=r"config.train.batch_size=6 is not divisible by the 4 processes"):
+        check_train_section(config, 4)
 
 
 def test_misspelt_config_key_lists_valid_keys(tmp_path):

@@ -169,6 +169,21 @@ def test_squad_reader_checks_answer_offsets(tmp_path):
     assert [e.id for e in examples] == ["a"] and stats.skipped == {"bad_answer": 1}
 
 
+def test_squad_questions_without_answers_must_say_they_are_unanswerable(tmp_path):
+    """A question with no 'answers' key (or an empty list and no is_impossible) was once kept as unanswerable."""
+    qas = [{"id": "a", "question": "Who won?", "answers": [{"answer_start": 0, "text": "Denver"}]},
+           {"id": "v2", "question": "Who lost?", "answers": [], "is_impossible": True},
+           {"id": "nokey", "question": "Where?"},
+           {"id": "empty", "question": "When?", "answers": []}]
+    data = {"version": "2.0", "data": [{"title": "T", "paragraphs": [{"context": "Denver won.", "qas": qas}]}]}
+    path = write(tmp_path, "squad.json", json.dumps(data))
+    with pytest.raises(BadInputError, match=r"qas\[2\] \(id 'nokey'\): no 'answers' key"):
+        tasks.read_squad(path)
+    examples, stats = tasks.read_squad(path, skip_bad_lines=True)
+    assert [(e.id, len(e.answers)) for e in examples] == [("a", 1), ("v2", 0)]
+    assert stats.skipped == {"no_answers": 2} and "'is_impossible' is not true" in stats.first_errors[1]
+
+
 def test_tfds_sources_map_records_and_say_when_not_prepared(tmp_path, monkeypatch):
     with pytest.raises(DataNotPreparedError, match="glue/sst2.*tfds build"):
         tasks.tfds_examples("glue/sst2", "validation", data_dir=tmp_path)

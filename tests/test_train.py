@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 
 import flax.linen as nn
@@ -437,6 +438,62 @@ def test_ctrl_c_saves_and_resumes_exactly_and_a_second_ctrl_c_aborts(tmp_path):
     with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
         _run_loop(tmp_path / "abort", 8, BatchIterator(hook=ctrl_c_twice))
     assert signal.getsignal(signal.SIGINT) == handler_before
+
+
+def _damage(step_dir, how):
+    state = step_dir / "state"
+    if how == "truncated array file":
+        array_file = max((state / "d").iterdir(), key=lambda p: p.stat().st_size)
+        array_file.write_bytes(array_file.read_bytes()[:array_file.stat().st_size // 2])
+    elif how == "missing _METADATA":
+        (state / "_METADATA").unlink()
+    else:  # garbage in the config item
+        (step_dir / "config" / "metadata").write_text("{garbage")
+
+
+@pytest.mark.parametrize("how", ["truncated array file", "missing _METADATA", "garbage config"])
+def test_a_damaged_latest_checkpoint_resumes_from_the_newest_intact_step(tmp_path, how, caplog):
+    """A preempted pod's half-written or damaged newest step: the resume names the step and the problem, restores
+    the step before, sets the damaged one aside (not deleted) and ends where an uninterrupted run ends."""
+    full = _run_loop(tmp_path / "full", 12, BatchIterator())
+    _run_loop(tmp_path / "cut", 8, BatchIterator())
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["4", "8"]
+    _damage(checkpoints / "8", how)
+    with caplog.at_level("WARNING"):
+        resumed = _run_loop(tmp_path / "cut", 12, BatchIterator())
+    assert resumed["resumed_from"] == 4 and resumed["final_step"] == 12
+    assert re.search(rf"checkpoint step 8 \({checkpoints / '8'}\) cannot be read: .*"
+                     rf"({'_METADATA' if how != 'garbage config' else 'JSONDecodeError'})", caplog.text)
+    assert sorted(os.listdir(tmp_path / "cut" / "damaged_checkpoints")) == ["8"]
+    assert sorted(os.listdir(checkpoints)) == ["12", "4", "8"]  # step 8 saved again by the resumed run
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+    np.testing.assert_array_equal(jax.device_get(resumed["state"].params["Dense_0"]["kernel"]),
+                                  jax.device_get(full["state"].params["Dense_0"]["kernel"]))
+
+
+def test_every_step_damaged_is_an_error_that_moves_nothing(tmp_path):
+    _run_loop(tmp_path, 8, BatchIterator())
+    for step in ("4", "8"):
+        _damage(tmp_path / "checkpoints" / step, "missing _METADATA")
+    with pytest.raises(RuntimeError, match=r"no checkpoint in .* can be read \(nothing was moved or deleted\): "
+                                           r"step 8: .*_METADATA is missing; step 4: "):
+        _run_loop(tmp_path, 12, BatchIterator())
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]
+
+
+def test_resuming_with_another_model_size_names_the_parameter_both_shapes_and_the_key(tmp_path):
+    """Orbax's own shape error named no parameter; a mismatch is not damage, so nothing falls back."""
+    manager = ckpt.make_checkpoint_manager(str(tmp_path), async_save=False)
+    ckpt.save_checkpoint(manager, 3, {"params": {"dense": {"kernel": jnp.zeros((4, 8))}}},
+                         config={"model": {"hidden_size": 8}, "train": {"num_steps": 3}})
+    wider = {"params": {"dense": {"kernel": jax.ShapeDtypeStruct((4, 16), jnp.float32)}}}
+    with pytest.raises(ckpt.CheckpointMismatchError,
+                       match=r"checkpoints/3: the checkpoint does not fit .*dense/kernel: stored \(4, 8\), the model "
+                             r"wants \(4, 16\); changed since: config.model.hidden_size: 8 in the checkpoint, 16 now"):
+        ckpt.restore_checkpoint(manager, wider, config={"model": {"hidden_size": 16}, "train": {"num_steps": 9}})
+    assert manager.all_steps() == [3]
+    manager.close()
 
 
 def test_nan_loss_stops_with_the_step_named_and_last_checkpoint_intact(tmp_path):

@@ -54,9 +54,14 @@ def weight_files(model_dir: str) -> list[str]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    return load_file(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:  # a truncated download: safetensors' own message names no file
+        raise ValueError(f"{path} ({os.path.getsize(path):,} bytes) cannot be read as safetensors: {e} "
+                         "(an interrupted download? fetch the file again)") from e
 
 
 def _read_pytorch(path: str) -> dict[str, np.ndarray]:
@@ -65,7 +70,11 @@ def _read_pytorch(path: str) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise ImportError(f"{path}: reading pytorch_model.bin needs torch (a CPU build is enough), or convert the "
                           "checkpoint to model.safetensors first; safetensors files need no torch") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} ({os.path.getsize(path):,} bytes) cannot be read as a PyTorch state dict: {e} "
+                         "(an interrupted download? fetch the file again)") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     out = {}

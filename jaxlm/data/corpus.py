@@ -13,9 +13,13 @@ TFDS 4.9.10 prepares GeneratorBasedBuilders without TensorFlow when file_format=
 them back with `tfds.data_source`. A prepared dataset is loaded from its files: the builder code
 is not needed to read it.
 
-Bad data never stops preparation: empty documents are skipped, invalid UTF-8 is replaced
-(U+FFFD), over-long documents are split at line boundaries; the counts are logged and kept in
-a `DataStats` (also saved as jaxlm_stats.json beside the dataset).
+A few bad documents do not stop preparation: empty documents are skipped, invalid UTF-8 is
+replaced (U+FFFD), over-long documents are split at line boundaries; the counts are logged and
+kept in a `DataStats` (also saved as jaxlm_stats.json beside the dataset). Local text files are
+refused when more than `max_bad_fraction` of their documents hold invalid UTF-8 or NUL bytes (an
+executable or a compressed file passed as a corpus), when they hold no text, or when they make a
+single document (nothing to validate on); the error names the files, and a failed preparation
+leaves no empty dataset folders behind.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ TEXT_KEY = "text"
 STATS_FILE = "jaxlm_stats.json"
 PYDOC_NAME = "jaxlm_pydoc"
 TEXT_FILES_NAME = "jaxlm_text_files"
+MAX_BAD_EXAMPLES = 5
+DEFAULT_MAX_BAD_FRACTION = 0.01  # documents with invalid UTF-8 or NUL bytes a text-files corpus may hold
 
 
 class DataNotPreparedError(RuntimeError):
@@ -57,6 +63,9 @@ class DataStats:
     empty_skipped: int = 0  # empty / whitespace-only documents dropped
     invalid_utf8_replaced: int = 0  # documents in which invalid UTF-8 bytes became U+FFFD
     long_split: int = 0  # documents over the length limit, split into several pieces
+    nul_bytes: int = 0  # documents holding NUL bytes (binary data: text has none)
+    bad_documents: int = 0  # documents with invalid UTF-8 or NUL bytes
+    bad_examples: list = dataclasses.field(default_factory=list)  # the first few of those, by key
     split_documents: dict = dataclasses.field(default_factory=dict)  # split name -> documents
 
     def __post_init__(self):
@@ -75,10 +84,19 @@ class DataStats:
     def __setstate__(self, state):
         self.__init__(**state)
 
+    def add_bad(self, key: str):
+        with self._lock:
+            self.bad_documents += 1
+            if len(self.bad_examples) < MAX_BAD_EXAMPLES:
+                self.bad_examples.append(key)
+
     def log(self, what: str):
-        logging.info("%s: %d documents; skipped %d empty; replaced invalid UTF-8 in %d; split %d long",
-                     what, self.documents, self.empty_skipped, self.invalid_utf8_replaced,
-                     self.long_split)
+        logging.info("%s: %d documents; skipped %d empty; replaced invalid UTF-8 in %d; NUL bytes in %d; "
+                     "split %d long", what, self.documents, self.empty_skipped, self.invalid_utf8_replaced,
+                     self.nul_bytes, self.long_split)
+        if self.bad_documents:
+            logging.warning("%s: %d document(s) with invalid UTF-8 or NUL bytes, e.g. %s", what,
+                            self.bad_documents, ", ".join(self.bad_examples))
 
 
 # ----------------------------------------------------------------------------- text cleaning
@@ -189,11 +207,18 @@ def _text_file_documents(files: Sequence[str], separator: str, stats: DataStats 
         # (blank lines at the start/end of a file separate nothing: no empty documents there)
         chunks = [raw] if separator == "file" else re.split(rb"\r?\n[ \t\r]*\r?\n", raw.strip())
         for i, chunk in enumerate(chunks):
+            replaced_before = stats.invalid_utf8_replaced if stats is not None else 0
             text = decode_text(chunk, stats).replace("\r\n", "\n").strip()
             if not text:
                 if stats is not None:
                     stats.add("empty_skipped")
                 continue
+            if stats is not None:
+                has_nul = b"\0" in chunk
+                if has_nul:
+                    stats.add("nul_bytes")
+                if has_nul or stats.invalid_utf8_replaced > replaced_before:
+                    stats.add_bad(f"{path} (document {i})")
             yield f"{rel}:{i}", text
 
 
@@ -230,13 +255,17 @@ class _DocumentsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     def _max_document_chars(self) -> int:
         raise NotImplementedError
 
+    def _check_documents(self, num_documents: int, stats: DataStats) -> None:
+        """Raises before anything is written when the corpus cannot make a train and a validation split."""
+        if not num_documents:
+            raise ValueError(f"{self.name}: no non-empty documents to prepare")
+
     def _split_generators(self, dl_manager):
         # One counting pass: stats of bad data, and the fallback validation document for tiny
         # corpora whose hash split would leave validation empty.
         self.jaxlm_stats = DataStats()
         keys = [key for key, _ in self._documents(self.jaxlm_stats)]
-        if not keys:
-            raise ValueError(f"{self.name}: no non-empty documents to prepare")
+        self._check_documents(len(keys), self.jaxlm_stats)
         pct = self._validation_percent()
         self._forced_validation = None
         if len(keys) > 1 and not any(_split_of(k, pct) == "validation" for k in keys):
@@ -293,6 +322,7 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     document_separator: str = "file"  # 'file': one document per file; 'blank_line'
     validation_percent: float = 2.0
     max_document_chars: int = 100_000
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
 
 
 class JaxlmTextFiles(_DocumentsBuilder):
@@ -315,6 +345,24 @@ class JaxlmTextFiles(_DocumentsBuilder):
     def _max_document_chars(self):
         return self.builder_config.max_document_chars
 
+    def _check_documents(self, num_documents, stats):
+        cfg = self.builder_config
+        files = list(cfg.files)
+        named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        if not num_documents:
+            raise ValueError(f"text files {named}: no text to prepare (every document is empty or whitespace)")
+        fraction = stats.bad_documents / num_documents
+        if fraction > cfg.max_bad_fraction:
+            raise ValueError(
+                f"text files {named}: {stats.bad_documents} of {num_documents} documents ({fraction:.1%}) hold "
+                f"invalid UTF-8 or NUL bytes, more than config.data.max_bad_document_fraction="
+                f"{cfg.max_bad_fraction:g}: is this text? e.g. {', '.join(stats.bad_examples)}")
+        if num_documents == 1:
+            raise ValueError(
+                f"text files {named}: one document, so nothing is left for a validation split: give several "
+                "files, or separate the documents of one file by blank lines "
+                "(config.data.document_separator='blank_line')")
+
 
 # ----------------------------------------------------------------------------- prepare / load
 @dataclasses.dataclass
@@ -330,11 +378,15 @@ class PreparedCorpus:
 def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir) -> PreparedCorpus:
     stats_path = os.path.join(os.fspath(builder.data_dir), STATS_FILE)
     if not builder.is_prepared():
+        new_dirs = [d for d in _dirs_tfds_creates(builder) if not d.exists()]
         # Small corpora: TFDS's tqdm bars only add noise to logs (restored afterwards).
         was_active = getattr(tfds_tqdm, "_active", True)
         tfds.display_progress_bar(False)
         try:
             builder.download_and_prepare(file_format="array_record")
+        except BaseException:
+            _remove_if_empty(new_dirs)  # a refused corpus leaves no empty dataset folders behind
+            raise
         finally:
             tfds.display_progress_bar(was_active)
         stats = builder.jaxlm_stats
@@ -349,6 +401,19 @@ def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir) -> Prepared
     return PreparedCorpus(name, None if data_dir is None else os.fspath(data_dir), stats)
 
 
+def _dirs_tfds_creates(builder: tfds.core.DatasetBuilder) -> list[epath.Path]:
+    """The folders download_and_prepare makes on its way, deepest first."""
+    root, version_dir = epath.Path(builder._data_dir_root), epath.Path(builder.data_dir)
+    chain = [version_dir, *[p for p in version_dir.parents if len(p.parts) > len(root.parts)]]
+    return chain + [root / "downloads" / "extracted", root / "downloads", root]
+
+
+def _remove_if_empty(dirs: Sequence[epath.Path]) -> None:
+    for d in dirs:  # deepest first, so a parent is empty once its children are gone
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
 def prepare_pydoc(data_dir: str | os.PathLike | None = None) -> PreparedCorpus:
     """Prepares (once) the embedded Python-manual corpus; works offline."""
     builder = JaxlmPydoc(data_dir=data_dir, file_format="array_record")
@@ -356,6 +421,8 @@ def prepare_pydoc(data_dir: str | os.PathLike | None = None) -> PreparedCorpus:
 
 
 def _expand(files) -> list[str]:
+    if isinstance(files, os.PathLike):
+        files = [files]
     patterns = [p for p in files.split(",") if p] if isinstance(files, str) else [os.fspath(p) for p in files]
     out = []
     for pattern in patterns:
@@ -374,12 +441,14 @@ def prepare_text_files(
     document_separator: str = "file",
     validation_percent: float = 2.0,
     max_document_chars: int = 100_000,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
 ) -> PreparedCorpus:
     """Prepares local text files as `jaxlm_text_files/<name>` array_record data in data_dir.
 
     files: path, glob, comma-separated list, or list of them.
     name: the config name; default is a hash of the file list and options (file sizes and
       modification times included), so a changed corpus never reuses stale data.
+    max_bad_fraction: the share of documents with invalid UTF-8 or NUL bytes above which preparation stops.
     """
     if document_separator not in ("file", "blank_line"):
         raise ValueError(f"prepare_text_files: document_separator must be 'file' or 'blank_line', "
@@ -397,7 +466,8 @@ def prepare_text_files(
     config = TextFilesConfig(name=name, version="1.0.0", files=tuple(paths),
                              document_separator=document_separator,
                              validation_percent=validation_percent,
-                             max_document_chars=max_document_chars)
+                             max_document_chars=max_document_chars,
+                             max_bad_fraction=max_bad_fraction)
     builder = JaxlmTextFiles(config=config, data_dir=data_dir, file_format="array_record")
     return _prepare(builder, f"{TEXT_FILES_NAME}/{name}", data_dir)
 

@@ -456,8 +456,10 @@ def read_conll(path: str | os.PathLike, *, tag_column: int = -1, scheme: str = "
 # ----------------------------------------------------------------------------------------------------------------
 
 def read_squad(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> tuple[list[QAExample], ReadStats]:
-    """SQuAD v1.1 JSON -> one QAExample per question. Each answer must be found at its answer_start in the
-    context (checked; the message names data[i].paragraphs[j].qas[k] and the question id)."""
+    """SQuAD v1.1 / v2.0 JSON -> one QAExample per question. Each answer must be found at its answer_start in the
+    context (checked; the message names data[i].paragraphs[j].qas[k] and the question id). A question without
+    answers must say `"is_impossible": true` (v2.0): a missing or empty answer list is otherwise a damaged file,
+    not an unanswerable question."""
     path = os.fspath(path)
     if not is_file(path):
         raise FileNotFoundError(f"task data file not found: {path}")
@@ -480,8 +482,16 @@ def read_squad(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> tupl
                 if not context.strip() or not str(qa.get("question", "")).strip():
                     errors.bad("empty_text", f"{where}: empty {'context' if not context.strip() else 'question'}")
                     continue
+                if "answers" not in qa:
+                    errors.bad("no_answers", f"{where}: no 'answers' key (SQuAD v2 marks an unanswerable question "
+                               "with \"answers\": [] and \"is_impossible\": true)")
+                    continue
+                if not qa["answers"] and qa.get("is_impossible") is not True:
+                    errors.bad("no_answers", f"{where}: 'answers' is empty but 'is_impossible' is not true "
+                               "(an unanswerable SQuAD v2 question says so)")
+                    continue
                 answers, ok = [], True
-                for a in qa.get("answers", []):
+                for a in qa["answers"]:
                     start, text = a.get("answer_start"), a.get("text", "")
                     if not isinstance(start, int) or context[start:start + len(text)] != text or not text:
                         errors.bad("bad_answer", f"{where}: answer {text!r} is not at answer_start={start} of the "

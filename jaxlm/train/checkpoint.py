@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as pp
 
 from jaxlm.paths import resolved
@@ -166,17 +167,78 @@ class Restored:
     data_iter_restored: bool
 
 
-def restore_checkpoint(manager: ocp.CheckpointManager, target: Any, *, step: int | None = None,
-                       data_iter: Any = None) -> Restored | None:
-    """Restores `step` (default latest) onto the shardings carried by `target`; None if no checkpoint.
+class CheckpointMismatchError(ValueError):
+    """The stored state does not fit the run's model (another size or family): not damage, so no fallback."""
 
-    `target`: StateLayout, an abstract state (ShapeDtypeStruct leaves with .sharding) or a live state.
-    If `data_iter` is given and the checkpoint holds its state, the iterator is moved there.
-    """
-    step = manager.latest_step() if step is None else int(step)
-    if step is None:
-        return None
+
+def _flat_shapes(tree: Any) -> dict[str, tuple]:
+    def key(path):
+        return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {key(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in (config or {}).items():
+        if isinstance(v, Mapping):
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _changed_model_keys(saved: Any, current: Any) -> list[str]:
+    """`config.model.hidden_size: 32 in the checkpoint, 64 now` for every model key that differs."""
+    before, now = _flat_config(saved), _flat_config(jsonable(current) if current is not None else None)
+    keys = sorted(k for k in set(before) & set(now) if k.split(".")[0] in ("model", "model_config")
+                  and before[k] != now[k])
+    return [f"config.{k}: {before[k]!r} in the checkpoint, {now[k]!r} now" for k in keys]
+
+
+def check_params_fit(step_dir: epath.Path, target: Any, config: Any = None) -> None:
+    """Compares the stored parameter shapes (metadata only) with the restore target's; a difference is a
+    CheckpointMismatchError naming the parameter, both shapes and the config keys that changed."""
+    abstract = abstract_like(target)
+    params = getattr(abstract, "params", None)
+    if params is None and isinstance(abstract, Mapping):
+        params = abstract.get("params")
+    if params is None:
+        return
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(step_dir / "state")
+    item = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(item, "tree", item)
+    if tree is None:  # orbax returns no tree, rather than an error, when it cannot read the metadata
+        state_dir = step_dir / "state"
+        raise ValueError(f"{state_dir / '_METADATA'} is missing" if not (state_dir / "_METADATA").exists() else
+                         f"{state_dir}: its _METADATA or the array files it indexes (manifest.ocdbt, d/) cannot "
+                         "be read")
+    if not isinstance(tree, Mapping) or "params" not in tree:
+        raise ValueError(f"{step_dir / 'state'}: the stored state has no 'params'")
+    stored, wanted = _flat_shapes(tree["params"]), _flat_shapes(params)
+    problems = [f"{k}: stored {stored[k]}, the model wants {wanted[k]}" for k in sorted(set(stored) & set(wanted))
+                if stored[k] != wanted[k]]
+    problems += [f"{k}: not in the checkpoint" for k in sorted(set(wanted) - set(stored))]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(set(stored) - set(wanted))]
+    if not problems:
+        return
+    saved_config = None
+    if (step_dir / "config").exists():
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+            saved_config = checkpointer.restore(step_dir / "config")
+    changed = _changed_model_keys(saved_config, config)
+    because = ("; changed since: " + "; ".join(changed)) if changed else ""
+    raise CheckpointMismatchError(
+        f"{step_dir}: the checkpoint does not fit this run's model ({len(problems)} parameter(s) differ): "
+        f"{'; '.join(problems[:3])}{because}. Resume with the checkpoint's model settings, or use another workdir")
+
+
+def _restore_step(manager: ocp.CheckpointManager, target: Any, step: int, data_iter: Any, config: Any
+                  ) -> Restored:
     step_dir = epath.Path(manager.directory) / str(step)
+    check_params_fit(step_dir, target, config)
     items = {"state": ocp.args.StandardRestore(abstract_like(target))}
     has_iter = (step_dir / "data_iter").exists()
     if data_iter is not None and has_iter:
@@ -190,6 +252,74 @@ def restore_checkpoint(manager: ocp.CheckpointManager, target: Any, *, step: int
                     data_iter_restored=data_iter is not None and has_iter)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, target: Any, *, step: int | None = None,
+                       data_iter: Any = None, config: Any = None, set_aside_damaged: bool = True
+                       ) -> Restored | None:
+    """Restores `step` (default: the newest readable one) onto the shardings carried by `target`; None if there
+    is no checkpoint.
+
+    `target`: StateLayout, an abstract state (ShapeDtypeStruct leaves with .sharding) or a live state.
+    If `data_iter` is given and the checkpoint holds its state, the iterator is moved there. `config`: the run's
+    config, to name the keys that changed when the stored parameters do not fit the model.
+
+    Resuming (no `step`) survives a damaged newest step, as a preempted pod needs: a step that cannot be read (a
+    truncated array file, a missing _METADATA, garbage in an item) is logged with its error and moved, not
+    deleted, to DAMAGED_DIR beside the checkpoints once an older step has been restored, so that the resumed run
+    can save that step again (readers pass set_aside_damaged=False and leave it where it is). Parameters that do
+    not fit the model are an error, not damage.
+    """
+    if step is not None:
+        return _restore_step(manager, target, int(step), data_iter, config)
+    damaged: list[tuple[int, str]] = []
+    for candidate in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = _restore_step(manager, target, candidate, data_iter, config)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # anything a damaged step raises (tensorstore, orbax, JSON)
+            where = epath.Path(manager.directory) / str(candidate)
+            log.warning("checkpoint step %d (%s) cannot be read: %s", candidate, where, _first_line(e))
+            damaged.append((candidate, _first_line(e)))
+            continue
+        if damaged and set_aside_damaged:
+            moved = _set_aside(manager, [s for s, _ in damaged])
+            log.warning("resumed from step %d, the newest readable checkpoint; damaged step(s) %s kept in %s",
+                        candidate, [s for s, _ in damaged], moved)
+        elif damaged:
+            log.warning("read step %d, the newest readable checkpoint", candidate)
+        return restored
+    if damaged:
+        raise RuntimeError(f"no checkpoint in {manager.directory} can be read (nothing was moved or deleted): "
+                           + "; ".join(f"step {s}: {why}" for s, why in damaged))
+    return None
+
+
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> epath.Path:
+    """Moves damaged step directories out of the manager's sight (process 0; the others wait)."""
+    checkpoints = epath.Path(manager.directory)
+    destination = checkpoints.parent / DAMAGED_DIR
+    if jax.process_index() == 0:
+        destination.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            target = destination / str(step)
+            suffix = 1
+            while target.exists():  # an earlier fallback set the same step aside
+                target, suffix = destination / f"{step}.{suffix}", suffix + 1
+            (checkpoints / str(step)).rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxlm_damaged_checkpoints_set_aside")
+    manager.reload()
+    return destination
+
+
 def restore_latest(workdir_or_manager: str | ocp.CheckpointManager, target: Any, *,
                    data_iter: Any = None) -> Restored | None:
     """Latest complete checkpoint in workdir (or manager) restored onto `target`'s shardings."""
@@ -200,4 +330,4 @@ def restore_latest(workdir_or_manager: str | ocp.CheckpointManager, target: Any,
         return None
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(directory, options=options) as manager:
-        return restore_checkpoint(manager, target, data_iter=data_iter)
+        return restore_checkpoint(manager, target, data_iter=data_iter, set_aside_damaged=False)

@@ -129,7 +129,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
 
     resumed_from = None
     if checkpoint_manager is not None:
-        restored = ckpt.restore_checkpoint(checkpoint_manager, state, data_iter=train_iter)
+        restored = ckpt.restore_checkpoint(checkpoint_manager, state, data_iter=train_iter, config=config)
         if restored is not None:
             state, resumed_from = restored.state, restored.step
             log.info("resumed from checkpoint step %d (data iterator restored: %s)", restored.step,
