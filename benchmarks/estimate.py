@@ -117,8 +117,8 @@ def model_numbers(config) -> ModelNumbers:
     """Parameter count and training FLOPs per token of the config's model (vocabulary: config.model.vocab_size if
     set, else the tokenizer_vocab_size the run would train), from abstract shapes only; the FLOPs as the
     training loop counts them for MFU."""
-    objective = objective_from_config(config)
     model_config = model_config_from_section(config.model, vocab_size=config.data.tokenizer_vocab_size)
+    objective = objective_from_config(config).for_model(model_config)  # XLNet's memory: more keys per token
     family = family_of(model_config)
     shapes = abstract_params(family.build(model_config), objective.init_inputs(family, model_config))
     per_token = objective.train_flops_per_example(family, model_config) / objective.tokens_per_example

@@ -17,6 +17,7 @@ from jaxlm.cli import quiet_library_logs
 from jaxlm.config_defaults import check_overrides
 from jaxlm.data.sources import data_dir
 from jaxlm.models import family_of
+from jaxlm.models.common import to_dtype
 from jaxlm.models.registry import model_config_from_section
 from jaxlm.objectives import objective_from_config
 from jaxlm.run_lock import workdir_lock
@@ -73,6 +74,7 @@ def _train(config, workdir: str, objective):
     family = family_of(model_config)
     objective.check_model(family, model_config)
     model_config = objective.prepare_model_config(model_config, tokenizer)
+    objective = objective.for_model(model_config)
     model = family.build(model_config)
     mesh, rules = sharding.mesh_and_rules(config.mesh)
     if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
@@ -84,6 +86,9 @@ def _train(config, workdir: str, objective):
     init_inputs = objective.init_inputs(family, model_config)
     state, layout = train.create_train_state(lambda rng: model.init(rng, **init_inputs), tx,
                                              jax.random.key(config.seed), mesh, rules)
+    memory_shape = objective.memory_shape(model_config, batch_size)
+    if memory_shape is not None:  # XLNet's mems, carried across steps and saved with the state
+        state, layout = train.with_memory(state, layout, memory_shape, to_dtype(model_config.dtype))
     manager = train.make_checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
                                             async_save=config.train.async_checkpointing)
     if config.train.init_from and manager.latest_step() is None:

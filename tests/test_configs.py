@@ -31,8 +31,8 @@ EXPECTED = {"bert_base": 110_106_428, "bert_large": 336_226_108, "roberta_base":
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_config_builds(path):
     config = load_config_file(path)
-    objective = objective_from_config(config)
     model_config = model_config_from_section(config.model, vocab_size=config.data.tokenizer_vocab_size)
+    objective = objective_from_config(config).for_model(model_config)  # XLNet's memory settings checked too
     family = family_of(model_config)
     objective.check_model(family, model_config)
     assert (family.max_length(model_config) or config.data.seq_len) >= config.data.seq_len  # T5: no position table

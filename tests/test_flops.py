@@ -19,7 +19,7 @@ from synthetic import clm_batch
 from jaxlm.models import family_of, get_model_config
 from jaxlm.objectives import get_objective
 from jaxlm.objectives.mlm import mask_batch
-from jaxlm.objectives.plm import plm_features
+from jaxlm.objectives.plm import plm_features, plm_stream_features
 from jaxlm.objectives.span_corruption import noise_span_counts, span_corruption_example
 from jaxlm.workdir import abstract_params
 
@@ -43,12 +43,14 @@ CASES = {
     "t5/span_corruption": ("t5", "span_corruption", T5_LIKE, {}),
     "t5_v1_1/span_corruption": ("t5_v1_1", "span_corruption", T5_LIKE, {}),
     "xlnet/plm": ("xlnet", "plm", dict(BERT_LIKE, dropout=0.0, pad_token_id=0), {}),
+    # the recurrent layout: a 128-token memory of the previous segment's first 64 tokens' states
+    "xlnet/plm+memory": ("xlnet", "plm", dict(BERT_LIKE, dropout=0.0, pad_token_id=0, mem_len=128, reuse_len=64), {}),
 }
 
 def _model(case: str):
     family_name, objective_name, overrides, settings = CASES[case]
     config = get_model_config(family_name, scan_layers=False, **overrides)
-    return family_of(config), config, get_objective(objective_name)(seq_len=SEQ_LEN, **settings)
+    return family_of(config), config, get_objective(objective_name)(seq_len=SEQ_LEN, **settings).for_model(config)
 
 
 def _specials(pad: int) -> tuple[int, int, int]:
@@ -109,6 +111,11 @@ def _plm_batch(objective, config, rng) -> dict:
     rows = []
     for _ in range(BATCH):
         tokens = rng.integers(5, config.vocab_size, SEQ_LEN - 3)
+        if objective.memory_shape(config, BATCH) is not None:  # `reuse A <sep> B <sep> <cls>`
+            reuse, cut = tokens[:objective.reuse_len], int(rng.integers(objective.reuse_len + 1, SEQ_LEN - 4))
+            rows.append(plm_stream_features(reuse, tokens[objective.reuse_len:cut], tokens[cut:], rng, seq_len=SEQ_LEN,
+                                            num_predict=objective.predictions, sep_id=sep_id, cls_id=cls_id))
+            continue
         cut = int(rng.integers(SEQ_LEN // 4, 3 * SEQ_LEN // 4))
         rows.append(plm_features(tokens[:cut], tokens[cut:], rng, seq_len=SEQ_LEN, num_predict=objective.predictions,
                                  sep_id=sep_id, cls_id=cls_id, pad_id=config.pad_token_id,
@@ -151,8 +158,15 @@ def measure(case: str) -> tuple[float, float]:
     model = family.build(config)
     params = abstract_params(model, objective.init_inputs(family, config))
     batch = _batch(objective, config)
-    step = jax.jit(jax.value_and_grad(objective.loss_fn(model), has_aux=True))
-    compiled = step.lower(params, batch, None).compile(compiler_options=FAST_COMPILE)
+    loss_fn = objective.loss_fn(model)
+    memory_shape = objective.memory_shape(config, BATCH)
+    if memory_shape is not None:  # what the train step runs when the state carries a memory
+        memory = jax.ShapeDtypeStruct(memory_shape, np.float32)
+        step = jax.jit(jax.value_and_grad(loss_fn.with_memory, has_aux=True))
+        compiled = step.lower(params, batch, None, memory).compile(compiler_options=FAST_COMPILE)
+    else:
+        step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+        compiled = step.lower(params, batch, None).compile(compiler_options=FAST_COMPILE)
     return objective.train_flops_per_example(family, config) * BATCH, xla_flops(compiled)
 
 

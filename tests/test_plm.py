@@ -1,6 +1,7 @@
 """XLNet's permutation LM (`plm`): the attention masks of the factorisation order, the target statistics of the
-authors' _sample_mask, the grain pipeline (layout, determinism, resume) and the loss on a tiny XLNetLMHeadModel
-(hand computation, no leak from a target to its own prediction, training)."""
+authors' _sample_mask, the grain pipeline (layout, determinism, resume; the recurrent layout with memory) and the
+loss on a tiny XLNetLMHeadModel (hand computation, no leak from a target to its own prediction, training, the
+memory a train step carries to the next)."""
 import functools
 import json
 
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxlm import sharding as shd
 from jaxlm.data import train_tokenizer
 from jaxlm.data.corpus import pydoc_documents
 from jaxlm.layers.relative_attention import xlnet_masks
@@ -25,7 +27,9 @@ from jaxlm.objectives.plm import (
     plm_features,
     sample_mask,
     span_length_probs,
+    token_streams,
 )
+from jaxlm.train import create_train_state, jit_train_step, make_train_step, with_memory
 
 SEP, CLS, PAD = 4, 3, 0  # the numpy-only tests' ids
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -320,6 +324,92 @@ def test_train_flops_count_both_streams_and_the_head():
     head = 6 * V * D * P  # tied embedding at the targets
     assert objective.train_flops_per_example(XLNET, config) == content + last_layer + query + projection + head
     assert objective.tokens_per_example == 32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the recurrent layout: memory across steps
+
+def test_memory_rows_continue_their_streams_step_after_step(tok):
+    """Row r of step t+1 reuses the reuse_len tokens of stream r that follow step t's (whose hidden states the
+    model cached); bi_data rows read the same streams backwards; the reuse part never sees the rest."""
+    objective = PermutationLM(seq_len=32, num_predict=6, mem_len=8, reuse_len=8, bi_data=True)
+    it = objective.iterator(DOCS, tok, batch_size=4, seed=3)
+    batches = [next(it) for _ in range(3)]
+    streams = token_streams(DOCS, tok, 2, 3, "text")
+    for t, batch in enumerate(batches):
+        assert {k: (v.shape, v.dtype) for k, v in batch.items()} == objective.batch_spec(4)
+        assert (batch["segment_ids"] == 1).all()
+        for r in range(4):
+            stream = streams[r - 2][::-1] if r >= 2 else streams[r]
+            np.testing.assert_array_equal(batch["inputs"][r, :8], stream[8 * t:8 * t + 8])
+            assert batch["inputs"][r, 8] == stream[8 * t + 8]  # A follows the reused tokens
+            ids, types = batch["inputs"][r], batch["token_types"][r]
+            seps = np.flatnonzero(ids == tok.sep_id)
+            assert ids[-1] == tok.cls_id and seps[-1] == 30 and types[0] == 0 and types[-1] == 2
+            perm = batch["perm_mask"][r]
+            assert perm[:8, 8:].all() and not perm[8:, :8].any()
+            n = int(batch["target_weights"][r].sum())
+            positions = batch["target_mapping"][r, :n].argmax(-1)
+            assert 1 <= n <= 6 and (positions < 8).sum() <= 3 and (positions >= 8).sum() <= 3
+            np.testing.assert_array_equal(batch["targets"][r, :n], ids[positions])
+    state = it.get_state()
+    expected = next(it)
+    again = objective.iterator(DOCS, tok, batch_size=4, seed=3)
+    again.set_state(state)
+    resumed = next(again)
+    assert all(np.array_equal(resumed[k], expected[k]) for k in PLM_KEYS)
+    # evaluation reads independent sentence pairs, as without memory
+    plain = PermutationLM(seq_len=32, num_predict=6)
+    for a, b in zip(objective.eval_iterator(DOCS, tok, batch_size=8), plain.eval_iterator(DOCS, tok, batch_size=8)):
+        assert all(np.array_equal(a[k], b[k]) for k in PLM_KEYS)
+
+
+def test_the_train_step_carries_the_memory_a_batch_leaves(tok):
+    """On a 2x2x2 mesh: after a step the state's memory is the model's new_mems of that batch (given the memory
+    before it), and the next step's loss reads it; two microbatches give the same step (each reads and leaves its
+    own rows of the memory)."""
+    config = XLNetConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
+                         dropout=0.0, mem_len=8, reuse_len=8, pad_token_id=tok.pad_id)
+    objective = PermutationLM(seq_len=32, num_predict=6).for_model(config)
+    assert (objective.mem_len, objective.reuse_len) == (8, 8)
+    model, mesh, tx = XLNET.build(config), shd.make_mesh(2, 2, 2), optax.adam(1e-3)
+    inputs = objective.init_inputs(XLNET, config)
+    state, layout = create_train_state(lambda r: model.init(r, **inputs), tx, jax.random.key(0), mesh)
+    state, layout = with_memory(state, layout, objective.memory_shape(config, 4), jnp.float32)
+    copy = jax.tree.map(jnp.copy, state)  # the state is donated to the step
+    assert state.memory.shape == (2, 4, 8, 32) and state.memory.sharding.spec == jax.sharding.PartitionSpec(
+        None, ("data", "fsdp"))
+    loss_fn = objective.loss_fn(model)
+    step = jit_train_step(make_train_step(loss_fn, tx), layout, shd.batch_sharding(mesh), mesh)
+    it = objective.iterator(DOCS, tok, batch_size=4, seed=0)
+    first, second = next(it), next(it)
+    params = jax.device_get(state.params)
+    expected = model.apply({"params": params}, first["inputs"], segment_ids=first["segment_ids"],
+                           token_types=first["token_types"], perm_mask=first["perm_mask"],
+                           target_mapping=first["target_mapping"], mems=jnp.zeros((2, 4, 8, 32)))["new_mems"]
+    state, _ = step(state, shd.host_local_to_global(first, mesh))
+    np.testing.assert_allclose(jax.device_get(state.memory), expected, atol=1e-5)
+    params, memory = jax.device_get(state.params), jax.device_get(state.memory)
+    with_memory_loss = float(loss_fn.with_memory(params, second, None, memory)[0])
+    without = float(loss_fn(params, second, None)[0])
+    state, metrics = step(state, shd.host_local_to_global(second, mesh))
+    assert float(metrics["loss"]) == pytest.approx(with_memory_loss, abs=1e-5)
+    assert abs(with_memory_loss - without) > 1e-4  # the memory is read
+    split = jit_train_step(make_train_step(loss_fn, tx, num_microbatches=2), layout, shd.batch_sharding(mesh), mesh)
+    for batch in (first, second):
+        copy, split_metrics = split(copy, shd.host_local_to_global(batch, mesh))
+    assert float(split_metrics["loss"]) == pytest.approx(float(metrics["loss"]), abs=1e-5)
+    np.testing.assert_allclose(jax.device_get(copy.memory), jax.device_get(state.memory), atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), jax.device_get(copy.params),
+                 jax.device_get(state.params))
+
+
+def test_memory_settings_are_checked():
+    with pytest.raises(ValueError, match=r"config.model.reuse_len=0: with a memory \(config.model.mem_len=8\)"):
+        PermutationLM(seq_len=32).for_model(XLNetConfig(mem_len=8))
+    with pytest.raises(ValueError, match=r"perm_size=16 must divide config.model.reuse_len=8"):
+        PermutationLM(seq_len=32, perm_size=16).for_model(XLNetConfig(mem_len=8, reuse_len=8))
+    assert PermutationLM(seq_len=32).for_model(XLNetConfig()).memory_shape(XLNetConfig(), 4) is None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from jaxlm.workdir import read_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
@@ -43,8 +45,6 @@ def train_losses(workdir):
 
 def final_params(workdir):
     """The latest checkpoint's step and params, read onto one device whatever mesh wrote them."""
-    from jaxlm.workdir import read_state
-
     state = read_state(str(workdir))
     return int(state["step"]), jax.tree.map(np.asarray, state["params"])
 
@@ -62,15 +62,17 @@ def tokenizer_file(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_exact_resume_after_sigkill_with_packing(tmp_path, tokenizer_file):
-    """2N steps in one run == N steps, SIGKILL, resume: same per-step losses, bitwise-equal params (CLM packing)."""
+@pytest.mark.parametrize("family", ["gpt2", "xlnet"])
+def test_exact_resume_after_sigkill_with_packing(tmp_path, tokenizer_file, family):
+    """2N steps in one run == N steps, SIGKILL, resume: same per-step losses, bitwise-equal params (CLM packing;
+    XLNet's permutation LM with its memory carried across steps, saved with the state)."""
     data_dir, tok = tokenizer_file
     common = (f"--config.data.tokenizer={tok}", "--config.train.num_steps=30", "--config.train.checkpoint_every=5")
     straight = tmp_path / "straight"
-    run(pretrain_cmd(straight, data_dir, TINY + ":gpt2", *common))
+    run(pretrain_cmd(straight, data_dir, f"{TINY}:{family}", *common))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(pretrain_cmd(killed, data_dir, TINY + ":gpt2", *common), cwd=ROOT,
+    proc = subprocess.Popen(pretrain_cmd(killed, data_dir, f"{TINY}:{family}", *common), cwd=ROOT,
                             env=env_with_devices(8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     ckpt_dir = killed / "checkpoints"
@@ -84,7 +86,7 @@ def test_exact_resume_after_sigkill_with_packing(tmp_path, tokenizer_file):
     proc.wait()
     interrupted_losses = train_losses(killed)
     assert max(interrupted_losses) < 30
-    run(pretrain_cmd(killed, data_dir, TINY + ":gpt2", *common))
+    run(pretrain_cmd(killed, data_dir, f"{TINY}:{family}", *common))
 
     expected, resumed = train_losses(straight), train_losses(killed)
     assert sorted(expected) == list(range(1, 31)) and sorted(resumed) == list(range(1, 31))
@@ -95,6 +97,10 @@ def test_exact_resume_after_sigkill_with_packing(tmp_path, tokenizer_file):
     assert step_a == step_b == 30
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
     assert expected[30] < expected[1]
+    if family == "xlnet":  # the memory is part of the state: the resumed run carried the same one
+        memory = [np.asarray(read_state(str(w))["memory"]) for w in (straight, killed)]
+        assert memory[0].shape == (2, 16, 8, 32) and np.abs(memory[0]).mean() > 0
+        np.testing.assert_array_equal(*memory)
 
 
 def _train_lines(workdir):

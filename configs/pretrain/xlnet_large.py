@@ -8,11 +8,13 @@ then linear decay over 500K steps, Adam epsilon 1e-6, weight decay 0.01. The REA
 perm_size 256, num_predict 85 (512 / 85 ~ 6), mask_alpha 6, mask_beta 1, untie_r, mem_len 384, reuse_len 256.
 The paper trained on 512 TPU v3 chips for 5.5 days (section 3.1).
 
-Not reproduced here: the memory. jaxlm's permutation LM feeds one sentence pair per row, so mem_len / reuse_len
-(the Transformer-XL recurrence across consecutive segments of a document stream) are left at 0; the released
-flags are noted above. Data: the paper's BooksCorpus + Wikipedia + Giga5 + ClueWeb + Common Crawl (32.9B
-subword pieces) is not redistributable; the default is TFDS `c4/en` (prepare it in array_record format) with a
-32,000-piece sentencepiece model trained on it (the paper's vocabulary size).
+The memory as the README's flags set it: mem_len 384, reuse_len 256 and bi_data (its data-preparation command),
+so each row continues its stream from the previous step and attends to the cached states of the 384 tokens
+before it (jaxlm.objectives.plm, the recurrent layout).
+
+Data: the paper's BooksCorpus + Wikipedia + Giga5 + ClueWeb + Common Crawl (32.9B subword pieces) is not
+redistributable; the default is TFDS `c4/en` (prepare it in array_record format) with a 32,000-piece
+sentencepiece model trained on it (the paper's vocabulary size).
 
     python -m jaxlm.pretrain --config=configs/pretrain/xlnet_large.py --workdir=gs://BUCKET/xlnet_large
 """
@@ -26,6 +28,9 @@ def get_config():
     c.model.size = "large"
     c.model.dropout = 0.1
     c.model.dtype = "bfloat16"
+    c.model.mem_len = 384
+    c.model.reuse_len = 256
+    c.model.bi_data = True
     c.data.dataset = "c4/en"
     c.data.tokenizer_vocab_size = 32000
     c.data.seq_len = 512

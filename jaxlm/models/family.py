@@ -32,7 +32,8 @@ KINDS = ("encoder", "decoder", "encoder_decoder")
 SEQUENCE_SUMMARIES = ("pooler", "first_token", "last_token", "last_token_dense")
 # Config fields that change how a model runs, not what it computes: a fine-tuning run may set them on a
 # checkpoint's model. Every field with 'dropout' in its name counts too.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl",
+                  "mem_len", "reuse_len", "bi_data")  # XLNet's recurrence: continue pretraining with a memory
 
 
 def is_runtime_field(name: str) -> bool:

@@ -316,7 +316,9 @@ class XLNetFamily(ModelFamily):
         return XLNetLMHeadModel(config)
 
     def backbone(self, config):
-        return XLNetBackbone(config)
+        """Fine-tuning reads one window at a time, forward (the authors' run_classifier / run_squad: no memory,
+        bi_data off): a pretraining run's recurrence settings are dropped."""
+        return XLNetBackbone(dataclasses.replace(config, mem_len=None, reuse_len=None, bi_data=False))
 
     def summary(self, config):
         return "last_token_dense"

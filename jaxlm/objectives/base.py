@@ -82,6 +82,14 @@ class Objective:
         """The model config with what the objective takes from the tokenizer (e.g. T5's EOS id)."""
         return model_config
 
+    def for_model(self, model_config) -> "Objective":
+        """The objective with the settings it takes from the model config (XLNet's memory), checked."""
+        return self
+
+    def memory_shape(self, model_config, batch_size: int) -> tuple[int, ...] | None:
+        """The shape of what a recurrent objective carries from step to step (TrainState.memory); None: nothing."""
+        return None
+
     # ------------------------------------------------------------------ batches
     def batch_spec(self, batch_size: int) -> Spec:
         raise NotImplementedError

@@ -23,14 +23,22 @@ Host side, in numpy, one row at a time, deterministic given the rng; faithful to
   target_mapping [P, L] (one-hot rows at the targets in ascending position order, padded rows zero), targets [P]
   (the token at each target: XLNet predicts the token itself, not the next one) and target_weights [P].
 
-Differences from the authors' pipeline, all deliberate:
-- no memory: rows are independent (no reuse_len split of a row into a cached part and a new part, no mems fed
-  to the model); with reuse_len the authors also split num_predict and the permutation in two halves, here one
-  sample_mask / local_perm covers the whole row (perm_size defaults to seq_len, the authors' reuse_len = L / 2);
-- no bi_data: every row reads forward (`sample_mask(reverse=True)` is there for a pipeline that adds it);
-- rows come one sentence pair per example index from a document (as `mlm_nsp`), not a stream cut across
-  documents: a pair shorter than seq_len is padded on the right (segment_ids 0, token_types SEG_ID_PAD; padding
-  is blocked in perm_mask too) and predicts round(num_predict * real tokens / seq_len) tokens.
+Two row layouts, chosen by the model's memory (config.model.mem_len):
+- without memory (mem_len 0, the default), rows are independent: one sentence pair per example index from a
+  document (as `mlm_nsp`), not a stream cut across documents; a pair shorter than seq_len is padded on the right
+  (segment_ids 0, token_types SEG_ID_PAD; padding is blocked in perm_mask too) and predicts
+  round(num_predict * real tokens / seq_len) tokens. One sample_mask / local_perm covers the whole row.
+- with memory (mem_len > 0, reuse_len > 0), the authors' recurrent layout (`create_tfrecords`, `batchify`): the
+  training split's tokens, documents in a seeded order, are cut into one contiguous stream per global batch row;
+  at step t row r is `reuse A <sep> B <sep> <cls>`, where `reuse` is the reuse_len tokens of stream r that follow
+  step t-1's (the model caches their hidden states: the memory step t+1 reads), A the tokens after it and B A's
+  continuation or (half the time) a span of another stream. As the authors, num_predict and the factorisation
+  order are split between the reuse part (num_predict - num_predict // 2 targets) and the rest, and the reuse
+  part never sees the rest (its hidden states must be a valid past for the next segment). With bi_data the
+  second half of the global batch reads the first half's streams backwards (the model gives those rows backward
+  relative positions). A and B are cut at a random token, not at sentence ends (the authors' `_split_a_and_b`
+  cuts at sentences); the stream repeats (memory resets at the wrap) when it runs out. Evaluation reads the
+  memoryless layout.
 The released `_sample_mask` counts the span length in tokens, not words (its end loop tests the start piece
 `seg[beg]` instead of `seg[end]`): a span is n tokens that begin at a word start; kept as released.
 """
@@ -45,6 +53,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxlm.data import pipeline
 from jaxlm.data.pairing import TokenizedDocuments, make_sentence_pair
@@ -55,6 +64,7 @@ from jaxlm.objectives.base import LossConfig, Objective
 SEG_ID_A, SEG_ID_B, SEG_ID_CLS, SEG_ID_PAD = 0, 1, 2, 4
 PLM_KEYS = ("inputs", "segment_ids", "token_types", "perm_mask", "target_mapping", "targets", "target_weights")
 SALT_PLM = pipeline.SALT_EXAMPLE
+STREAM_STEPS = 2**40  # the recurrent layout's batches: as many as any run takes (they repeat every cycle)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,6 +253,102 @@ def plm_features(tokens_a, tokens_b, rng: np.random.Generator, *, seq_len: int, 
             "target_weights": target_weights}
 
 
+def plm_stream_features(reuse, tokens_a, tokens_b, rng: np.random.Generator, *, seq_len: int, num_predict: int,
+                        sep_id: int, cls_id: int, perm_size: int = 0, max_span: int = 5, mask_alpha: int = 6,
+                        mask_beta: int = 1, reverse: bool = False) -> dict[str, np.ndarray]:
+    """One full row of the recurrent layout `reuse A <sep> B <sep> <cls>` (the authors' create_tfrecords and
+    the reuse_len branch of their input pipeline): targets and factorisation orders drawn apart for the reuse part
+    and the rest, the reuse part blocked from the rest; the rest sees all of the reuse part. Same keys as
+    plm_features; segment_ids all 1 (the row is full)."""
+    reuse, a, b = (np.asarray(x, np.int32).reshape(-1) for x in (reuse, tokens_a, tokens_b))
+    check_num_predict(num_predict, seq_len)
+    reuse_len = reuse.size
+    rest = np.concatenate([a, [sep_id], b, [sep_id, cls_id]]).astype(np.int32)
+    if reuse_len + rest.size != seq_len:
+        raise ValueError(f"plm_stream_features: reuse ({reuse_len}) + A ({a.size}) + B ({b.size}) + 3 must be "
+                         f"seq_len={seq_len}")
+    inputs = np.concatenate([reuse, rest])
+    goal_1 = num_predict // 2
+    goal_0 = num_predict - goal_1
+    parts = []
+    for part, goal in ((reuse, goal_0), (rest, goal_1)):
+        chosen = sample_mask(rng, part.size, min(goal, part.size), max_span=max_span, mask_alpha=mask_alpha,
+                             mask_beta=mask_beta, reverse=reverse)
+        parts.append(local_perm(rng, part, chosen, perm_size or part.size, part.size, sep_id=sep_id, cls_id=cls_id))
+    rest_len = rest.size
+    perm_mask = np.block([[parts[0].perm_mask, np.ones((reuse_len, rest_len), bool)],
+                          [np.zeros((rest_len, reuse_len), bool), parts[1].perm_mask]])
+    target_mask = np.concatenate([parts[0].target_mask, parts[1].target_mask])
+    positions = np.flatnonzero(target_mask)[:num_predict]
+    k = positions.size
+    target_mapping = np.zeros((num_predict, seq_len), np.float32)
+    target_mapping[np.arange(k), positions] = 1.0
+    targets = np.zeros(num_predict, np.int32)
+    targets[:k] = inputs[positions]
+    target_weights = np.zeros(num_predict, np.float32)
+    target_weights[:k] = 1.0
+    token_types = np.concatenate([np.full(reuse_len + a.size + 1, SEG_ID_A), np.full(b.size + 1, SEG_ID_B),
+                                  [SEG_ID_CLS]]).astype(np.int32)
+    return {"inputs": inputs, "segment_ids": np.ones(seq_len, np.int32), "token_types": token_types,
+            "perm_mask": perm_mask, "target_mapping": target_mapping, "targets": targets,
+            "target_weights": target_weights}
+
+
+def token_streams(source, tokenizer, num_streams: int, seed: int, text_key: str, stats=None) -> np.ndarray:
+    """[num_streams, n] int32: every document's tokens, documents in a seeded order, cut into num_streams
+    contiguous streams of equal length (the authors' `batchify`; the remainder is dropped)."""
+    documents = TokenizedDocuments(source, tokenizer, text_key, stats)
+    order = np.random.default_rng([seed, SALT_PLM]).permutation(len(source))
+    pieces = [sentence for i in order for sentence in documents.sentences(int(i))]
+    tokens = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
+    n = tokens.size // num_streams
+    return tokens[:n * num_streams].reshape(num_streams, n)
+
+
+@dataclasses.dataclass
+class StreamRows:
+    """step index -> this process's rows of the recurrent layout (a batch; deterministic given the step)."""
+
+    streams: np.ndarray  # [num_streams, n]: forward streams (bi_data: the backward rows read them reversed)
+    rows: tuple[int, ...]  # the global batch rows this process holds
+    objective: "PermutationLM"
+    sep_id: int
+    cls_id: int
+    seed: int
+
+    @property
+    def steps_per_cycle(self) -> int:
+        o = self.objective
+        return (self.streams.shape[1] - o.seq_len) // o.reuse_len + 1
+
+    def __call__(self, step):
+        o, step = self.objective, int(step)
+        num_streams, length = self.streams.shape
+        start = (step % self.steps_per_cycle) * o.reuse_len
+        body = o.seq_len - o.reuse_len - 3  # A + B
+        out = []
+        for r in self.rows:
+            rng = np.random.default_rng([self.seed, SALT_PLM, step, r])
+            reverse = r >= num_streams
+            stream = self.streams[r - num_streams][::-1] if reverse else self.streams[r]
+            reuse = stream[start:start + o.reuse_len]
+            len_a = int(rng.integers(1, body))
+            a = stream[start + o.reuse_len:start + o.reuse_len + len_a]
+            len_b = body - len_a
+            if rng.random() < 0.5:  # B continues A
+                b = stream[start + o.reuse_len + len_a:start + o.reuse_len + body]
+            else:  # B from another place of the corpus
+                other = self.streams[int(rng.integers(num_streams))]
+                other = other[::-1] if reverse else other
+                j = int(rng.integers(0, length - len_b + 1))
+                b = other[j:j + len_b]
+            out.append(plm_stream_features(reuse, a, b, rng, seq_len=o.seq_len, num_predict=o.predictions,
+                                           sep_id=self.sep_id, cls_id=self.cls_id, perm_size=o.perm_size,
+                                           max_span=o.max_span, mask_alpha=o.mask_alpha, mask_beta=o.mask_beta,
+                                           reverse=reverse))
+        return {k: np.stack([row[k] for row in out]) for k in out[0]}
+
+
 def split_pair(pair: dict) -> tuple[np.ndarray, np.ndarray]:
     """(A, B) of a make_sentence_pair row `[CLS] A [SEP] B [SEP] <pad>...`."""
     real = int(pair["segment_ids"].sum())
@@ -281,34 +387,49 @@ class PermutationExample:
 # ----------------------------------------------------------------------------------------------------------------
 # Model side
 
-def permutation_lm_outputs(model, params, batch, rng, return_hidden: bool = False):
-    """The XLNet LM head model's outputs: logits of the query stream at the target_mapping rows [B, P, V]."""
+def permutation_lm_outputs(model, params, batch, rng, return_hidden: bool = False, mems=None):
+    """The XLNet LM head model's outputs: logits of the query stream at the target_mapping rows [B, P, V], and
+    new_mems (with the model's mem_len) for the next segment."""
     return model.apply(
         {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"),
         token_types=batch.get("token_types"), perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"],
-        deterministic=rng is None, rngs=None if rng is None else {"dropout": rng}, return_hidden=return_hidden)
+        mems=mems, deterministic=rng is None, rngs=None if rng is None else {"dropout": rng},
+        return_hidden=return_hidden)
 
 
 def permutation_lm_loss(model, config: LossConfig | None = None):
-    """loss_fn: mean cross-entropy of the query stream's predictions of `targets`, weighted by target_weights."""
+    """loss_fn: mean cross-entropy of the query stream's predictions of `targets`, weighted by target_weights.
+    `loss_fn.with_memory(params, batch, rng, mems) -> (loss, (metrics, new_mems))` is the same loss reading the
+    previous segment's memory (what jaxlm.train.make_train_step calls when the state carries one)."""
     config = config or LossConfig()
 
-    def loss_fn(params, batch, rng):
+    def loss_and_memory(params, batch, rng, mems):
         if config.use_chunks():
-            hidden = permutation_lm_outputs(model, params, batch, rng, return_hidden=True)["lm_hidden"]
+            out = permutation_lm_outputs(model, params, batch, rng, return_hidden=True, mems=mems)
             loss_sum, weight_sum, correct = losses.chunked_cross_entropy(
-                hidden, model.output_embedding(params), batch["targets"], batch["target_weights"],
+                out["lm_hidden"], model.output_embedding(params), batch["targets"], batch["target_weights"],
                 chunk_size=config.logits_chunk_size, bias=params["lm_bias"])
             denom = jnp.maximum(weight_sum, 1e-8)
             loss = loss_sum / denom
             return loss, {"loss": loss, "lm_loss": jax.lax.stop_gradient(loss),
-                          "accuracy": correct / denom, "num_tokens": weight_sum}
-        logits = permutation_lm_outputs(model, params, batch, rng)["logits"]
-        loss, metrics = losses.weighted_mean_cross_entropy(logits, batch["targets"], batch["target_weights"],
+                          "accuracy": correct / denom, "num_tokens": weight_sum}, out["new_mems"]
+        out = permutation_lm_outputs(model, params, batch, rng, mems=mems)
+        loss, metrics = losses.weighted_mean_cross_entropy(out["logits"], batch["targets"], batch["target_weights"],
                                                            label_smoothing=config.label_smoothing,
                                                            z_loss=config.z_loss)
-        return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}
+        return loss, {k: metrics[k] for k in ("loss", "lm_loss", "accuracy", "num_tokens")}, out["new_mems"]
 
+    def loss_fn(params, batch, rng):
+        loss, metrics, _ = loss_and_memory(params, batch, rng, None)
+        return loss, metrics
+
+    def with_memory(params, batch, rng, mems):
+        loss, metrics, new_mems = loss_and_memory(params, batch, rng, mems)
+        if new_mems is None:
+            raise ValueError("loss_fn.with_memory: the model keeps no memory (config.model.mem_len is 0)")
+        return loss, (metrics, new_mems)
+
+    loss_fn.with_memory = with_memory
     return loss_fn
 
 
@@ -322,6 +443,9 @@ class PermutationLM(Objective):
     Batch (P = num_predict; one sentence pair per row, right-padded): inputs, segment_ids (1 real, 0 padding),
     token_types (XLNet's segment ids) [B,L] int32; perm_mask [B,L,L] bool (True: i may not attend to j);
     target_mapping [B,P,L] float32; targets [B,P] int32; target_weights [B,P] float32.
+
+    mem_len / reuse_len / bi_data are the model's (config.model; `for_model` copies them): with mem_len > 0 the
+    training rows follow the recurrent layout (module docstring) and the train state carries the memory.
     """
     name: ClassVar[str] = "plm"
     needs_heads: ClassVar[tuple[str, ...]] = ("permutation_lm",)
@@ -333,6 +457,10 @@ class PermutationLM(Objective):
     mask_alpha: int = 6
     mask_beta: int = 1
     pairs_per_document: int = 1  # sentence pairs drawn from each document per epoch
+    # The model's memory settings (config.model.mem_len / reuse_len / bi_data), set by `for_model`.
+    mem_len: int = 0
+    reuse_len: int = 0
+    bi_data: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -345,6 +473,29 @@ class PermutationLM(Objective):
         _check_mask_args(self.max_span, self.mask_alpha, self.mask_beta)
         if self.pairs_per_document < 1:
             raise ValueError(f"config.data.pairs_per_document={self.pairs_per_document} must be >= 1")
+        if self.mem_len:
+            self._check_memory_layout()
+
+    def _check_memory_layout(self):
+        L, R = self.seq_len, self.reuse_len
+        if not 1 <= R <= L - 5:
+            raise ValueError(f"config.model.reuse_len={R}: with a memory (config.model.mem_len={self.mem_len}) each "
+                             f"row reuses 1..seq_len - 5 = {L - 5} tokens of its stream (the authors: seq_len / 2)")
+        if self.perm_size and (R % self.perm_size or (L - R) % self.perm_size):
+            raise ValueError(f"config.data.perm_size={self.perm_size} must divide config.model.reuse_len={R} and "
+                             f"seq_len - reuse_len = {L - R} (the two parts are permuted apart)")
+
+    def for_model(self, model_config):
+        """The objective with the model's memory settings (mem_len, reuse_len, bi_data), checked."""
+        return dataclasses.replace(self, mem_len=getattr(model_config, "mem_len", None) or 0,
+                                   reuse_len=getattr(model_config, "reuse_len", None) or 0,
+                                   bi_data=bool(getattr(model_config, "bi_data", False)))
+
+    def memory_shape(self, model_config, batch_size: int) -> tuple[int, ...] | None:
+        """[layers, global batch, mem_len, hidden] with a memory, else None."""
+        if not self.mem_len:
+            return None
+        return (model_config.num_layers, batch_size, self.mem_len, model_config.hidden_size)
 
     @property
     def predictions(self) -> int:
@@ -373,13 +524,16 @@ class PermutationLM(Objective):
 
     def init_inputs(self, family, model_config):
         L, P = self.seq_len, self.predictions
-        return {**family.init_inputs(model_config, 1, L),
-                "segment_ids": jnp.ones((1, L), jnp.int32), "token_types": jnp.zeros((1, L), jnp.int32),
-                "perm_mask": jnp.zeros((1, L, L), bool),
-                "target_mapping": jax.nn.one_hot(jnp.arange(P), L, dtype=jnp.float32)[None]}
+        B = 2 if getattr(model_config, "bi_data", False) else 1  # bi_data needs a forward and a backward row
+        return {**family.init_inputs(model_config, B, L),
+                "segment_ids": jnp.ones((B, L), jnp.int32), "token_types": jnp.zeros((B, L), jnp.int32),
+                "perm_mask": jnp.zeros((B, L, L), bool),
+                "target_mapping": jnp.broadcast_to(jax.nn.one_hot(jnp.arange(P), L, dtype=jnp.float32), (B, P, L))}
 
     def dataset(self, source, tokenizer, options):
         self.check_tokenizer(tokenizer)
+        if self.mem_len:
+            return self._stream_dataset(source, tokenizer, options)
         documents = TokenizedDocuments(source, tokenizer, options.text_key, options.stats)
         ds = pipeline.epochs(grain.MapDataset.range(len(source) * self.pairs_per_document), options)
         # Before the process slice: the rng is keyed by the *global* example index (exact resume, any process count).
@@ -389,14 +543,46 @@ class PermutationLM(Objective):
         it = it.batch(options.batch_size, drop_remainder=options.drop_remainder)
         return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
 
+    def _stream_dataset(self, source, tokenizer, options):
+        """The recurrent layout: batch t holds step t's rows of this process (grain keeps t, so resumes are
+        exact); every process reads the same streams and takes its own rows of the global batch."""
+        global_batch = options.batch_size * options.process_count
+        if self.bi_data and global_batch % 2:
+            raise ValueError(f"config.model.bi_data=True needs an even global batch (config.train.batch_size="
+                             f"{global_batch})")
+        num_streams = global_batch // 2 if self.bi_data else global_batch
+        streams = token_streams(source, tokenizer, num_streams, options.seed, options.text_key, options.stats)
+        if streams.shape[1] < self.seq_len:
+            raise ValueError(f"the training split has {streams.size:,} tokens: too few for {num_streams} streams "
+                             f"(one per batch row) of at least seq_len={self.seq_len} tokens; lower "
+                             "config.train.batch_size or give more text")
+        first = options.process_index * options.batch_size
+        rows = StreamRows(streams, tuple(range(first, first + options.batch_size)), self, tokenizer.sep_id,
+                          tokenizer.cls_id, pipeline.derive_seed(options.seed, SALT_PLM))
+        logging.info("plm with memory: %d streams of %d tokens, %d steps before they repeat", num_streams,
+                     streams.shape[1], rows.steps_per_cycle)
+        it = grain.MapDataset.range(STREAM_STEPS).map(rows).to_iter_dataset(options.grain_read_options)
+        return pipeline.finalize(it, self.name, self.batch_spec(options.batch_size), options)
+
+    def eval_iterator(self, source, tokenizer, **kwargs):
+        """Evaluation reads independent sentence pairs (no memory: a dev score that does not depend on the
+        order the rows come in)."""
+        return super(PermutationLM, dataclasses.replace(self, mem_len=0)).eval_iterator(source, tokenizer, **kwargs)
+
     def loss_fn(self, model):
         return permutation_lm_loss(model, self.loss)
 
     def train_flops_per_example(self, family, model_config):
         """Both streams (the family counts the query stream at the P targets beside the content stream) and the
-        LM head at the P targets."""
-        return (family.backbone_train_flops(model_config, tokens=self.seq_len, query_positions=self.predictions)
-                + family.lm_head_train_flops(model_config, self.predictions))
+        LM head at the P targets; with a memory, the M extra keys every position attends to and their projection."""
+        flops = (family.backbone_train_flops(model_config, tokens=self.seq_len, query_positions=self.predictions,
+                                             memory=self.mem_len)
+                 + family.lm_head_train_flops(model_config, self.predictions))
+        if self.mem_len:  # each layer projects the memory to keys and values; XLA differentiates the whole
+            # [memory, segment] concatenation, so the memory's (discarded) input gradient is computed too: 6x
+            width = model_config.num_heads * model_config.head_dim
+            flops += 6.0 * 2 * model_config.hidden_size * width * self.mem_len * model_config.num_layers
+        return flops
 
     def baselines(self, eval_batches):
         """Accuracy of always predicting the most frequent target token."""

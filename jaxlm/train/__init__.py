@@ -4,7 +4,7 @@ from jaxlm.train.evaluation import BatchEvaluator, evaluate_batches
 from jaxlm.train.loop import NonFiniteLossError, train
 from jaxlm.train.metrics import MetricWriter, measure_matmul_peak_flops, mfu, peak_flops_per_device
 from jaxlm.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from jaxlm.train.state import StateLayout, TrainState, abstract_train_state, create_train_state
+from jaxlm.train.state import StateLayout, TrainState, abstract_train_state, create_train_state, with_memory
 from jaxlm.train.step import average_eval_metrics, jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 __all__ = [
@@ -12,5 +12,5 @@ __all__ = [
     "abstract_train_state", "average_eval_metrics", "create_train_state", "evaluate_batches", "jit_eval_step",
     "jit_train_step", "make_checkpoint_manager", "make_eval_step", "make_optimizer", "make_schedule",
     "make_train_step", "measure_matmul_peak_flops", "mfu", "peak_flops_per_device", "restore_checkpoint",
-    "restore_latest", "save_checkpoint", "train",
+    "restore_latest", "save_checkpoint", "train", "with_memory",
 ]

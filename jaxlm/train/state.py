@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxlm import sharding as shd
 from jaxlm.models.common import unbox
@@ -26,13 +27,16 @@ class TrainState:
     """Everything a run needs to continue: a pure pytree of arrays (no functions inside).
 
     step: int32 number of updates applied. rng: raw uint32[2] key; the step derives its per-step key
-    with fold_in(rng, step), so the key never changes and resumes are exact.
+    with fold_in(rng, step), so the key never changes and resumes are exact. memory: what a recurrent objective
+    carries from one step to the next (XLNet's mems [layers, B, M, D], `with_memory`), saved with the rest so a
+    resume is exact; None for every other objective.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    memory: Any = None
 
     def apply_gradients(self, grads: Any, tx: optax.GradientTransformation) -> "TrainState":
         updates, opt_state = tx.update(grads, self.opt_state, self.params)
@@ -125,14 +129,27 @@ def create_train_state(init_fn: Callable[[jax.Array], Any], optimizer: optax.Gra
     and the state's training key.
     """
     layout = abstract_train_state(init_fn, optimizer, mesh, rules)
-
-    def init(rng):
-        init_rng, train_rng = jax.random.split(rng)
-        params = unbox(_params_of(init_fn, init_rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params), rng=train_rng)
-
     # No mesh context here: out_shardings alone places the shards, and under jax.set_mesh Flax's
     # DenseGeneral applies its (rank-3) logical constraint to the flat rank-2 kernel it initialises.
-    state = jax.jit(init, out_shardings=layout.shardings)(_raw_key(rng))
+    state = jax.jit(lambda r: initial_state(init_fn, optimizer, r), out_shardings=layout.shardings)(_raw_key(rng))
     return state, layout
+
+
+def initial_state(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation,
+                  rng: jax.Array) -> TrainState:
+    """The state a run starts from, traceable (create_train_state jits it; a sweep vmaps it over its trials' keys).
+    rng (raw uint32[2]) is split into the init key and the state's training key."""
+    init_rng, train_rng = jax.random.split(rng)
+    params = unbox(_params_of(init_fn, init_rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng)
+
+
+def with_memory(state: TrainState, layout: StateLayout, shape: Sequence[int], dtype: Any
+                ) -> tuple[TrainState, StateLayout]:
+    """The state with a zero memory [layers, B, ...] (batch rows sharded like the batch, over data x fsdp, so
+    row b's memory lives where row b's data does), and the layout that knows it."""
+    sharding = NamedSharding(layout.mesh, P(None, shd.BATCH_AXES))
+    memory = jax.jit(lambda: jnp.zeros(tuple(shape), dtype), out_shardings=sharding)()
+    shardings = layout.shardings.replace(memory=sharding)
+    abstract = layout.abstract.replace(memory=jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding))
+    return state.replace(memory=memory), dataclasses.replace(layout, shardings=shardings, abstract=abstract)

@@ -48,18 +48,41 @@ def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) ->
     return out
 
 
-def _loss_and_grads(loss_fn: LossFn, params, batch, rng, num_microbatches: int):
-    """Weighted mean loss, grads and metrics over microbatches (lax.scan inside the jitted step)."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+MEMORY_KEY = "__memory__"  # a recurrent objective's memory rides in the batch through the microbatch split
+
+
+def _memory_rows(memory):
+    """[layers, B, ...] <-> [B, layers, ...]: batch rows first, so microbatches split the memory as the batch."""
+    return jnp.swapaxes(memory, 0, 1)
+
+
+def _loss_and_grads(loss_fn: LossFn, params, batch, rng, num_microbatches: int, memory=None):
+    """Weighted mean loss, grads and metrics over microbatches (lax.scan inside the jitted step), and the new
+    memory when a recurrent objective's `memory` [layers, B, ...] is given (`loss_fn.with_memory(params, batch,
+    rng, memory) -> (loss, (metrics, new_memory))`): each microbatch reads and leaves its own rows of it. The
+    memory is an input, never differentiated."""
+    if memory is None:
+        def one(p, mb, r):
+            loss, metrics = loss_fn(p, mb, r)
+            return loss, (metrics, None)
+    else:
+        batch = {**batch, MEMORY_KEY: _memory_rows(memory)}
+
+        def one(p, mb, r):
+            rows = {k: v for k, v in mb.items() if k != MEMORY_KEY}
+            loss, (metrics, new) = loss_fn.with_memory(p, rows, r, _memory_rows(mb[MEMORY_KEY]))
+            return loss, (metrics, _memory_rows(new.astype(memory.dtype)))
+
+    grad_fn = jax.value_and_grad(one, has_aux=True)
     if num_microbatches == 1:
-        (loss, metrics), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
+        (loss, (metrics, new_rows)), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
         metrics = dict(metrics)
         metrics["loss"] = loss
-        return loss, grads, metrics
+        return loss, grads, metrics, None if new_rows is None else _memory_rows(new_rows)
 
     micro = split_microbatches(batch, num_microbatches)
     first = jax.tree_util.tree_map(lambda x: x[0], micro)
-    _, metrics_shape = jax.eval_shape(loss_fn, params, first, rng)
+    _, (metrics_shape, _) = jax.eval_shape(one, params, first, rng)
     zero_metrics = {k: jnp.zeros((), jnp.float32) for k in metrics_shape}
     zero_metrics["loss"] = jnp.zeros((), jnp.float32)
     carry0 = (jax.tree_util.tree_map(jnp.zeros_like, params), zero_metrics, jnp.zeros((), jnp.float32))
@@ -67,22 +90,26 @@ def _loss_and_grads(loss_fn: LossFn, params, batch, rng, num_microbatches: int):
     def body(carry, xs):
         grad_sum, metric_sums, weight_sum = carry
         mb, i = xs
-        (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        (loss, (metrics, new_rows)), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
         w = _weight(metrics)
         metrics = dict(metrics)
         metrics["loss"] = loss
         grad_sum = jax.tree_util.tree_map(lambda a, g: a + (g * w).astype(a.dtype), grad_sum, grads)
         metric_sums = {k: metric_sums[k] + jnp.asarray(metrics[k], jnp.float32) * w for k in metric_sums}
-        return (grad_sum, metric_sums, weight_sum + w), None
+        return (grad_sum, metric_sums, weight_sum + w), new_rows
 
-    (grad_sum, metric_sums, weight_sum), _ = jax.lax.scan(
+    (grad_sum, metric_sums, weight_sum), new_rows = jax.lax.scan(
         body, carry0, (micro, jnp.arange(num_microbatches)))
     denom = jnp.maximum(weight_sum, jnp.finfo(jnp.float32).tiny)
     grads = jax.tree_util.tree_map(lambda g: (g / denom).astype(g.dtype), grad_sum)
     metrics = {k: v / denom for k, v in metric_sums.items()}
     if WEIGHT_KEY in metrics:
         metrics[WEIGHT_KEY] = weight_sum
-    return metrics["loss"], grads, metrics
+    new_memory = None
+    if new_rows is not None:  # [n, B/n, ...] (microbatch i = rows i, i+n, ...) back to [B, ...], then [layers, B, ...]
+        rows = jnp.swapaxes(new_rows, 0, 1).reshape((-1,) + new_rows.shape[2:])
+        new_memory = _memory_rows(rows)
+    return metrics["loss"], grads, metrics, new_memory
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
@@ -95,20 +122,29 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     loss, the loss_fn's metrics (weighted means; num_tokens summed), grad_norm (before clipping),
     learning_rate (if learning_rate_fn given), is_finite (loss and grad norm finite). The update is
     applied even when not finite: the loop stops and never saves such a state.
+
+    A state with a memory (TrainState.memory, XLNet's mems) is stepped through `loss_fn.with_memory`, and the
+    new state holds the memory the batch left for the next one.
     """
     if num_microbatches < 1:
         raise ValueError(f"num_microbatches={num_microbatches} must be >= 1")
+    carries_memory = hasattr(loss_fn, "with_memory")
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        loss, grads, metrics = _loss_and_grads(loss_fn, state.params, batch, step_rng, num_microbatches)
+        if state.memory is not None and not carries_memory:
+            raise ValueError("the train state carries a memory, but the objective's loss_fn takes none "
+                             "(it has no `with_memory`)")
+        loss, grads, metrics, memory = _loss_and_grads(loss_fn, state.params, batch, step_rng, num_microbatches,
+                                                       state.memory)
         grad_norm = optax.tree.norm(grads)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         metrics["grad_norm"] = grad_norm.astype(jnp.float32)
         metrics["is_finite"] = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-        return state.apply_gradients(grads, optimizer), metrics
+        new_state = state.apply_gradients(grads, optimizer)
+        return (new_state if memory is None else new_state.replace(memory=memory)), metrics
 
     return step
 

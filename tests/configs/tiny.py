@@ -1,4 +1,5 @@
-"""A seconds-long pretraining config for tests: `tests/configs/tiny.py:bert` or `:gpt2`."""
+"""A seconds-long pretraining config for tests: `tests/configs/tiny.py:bert`, `:roberta`, `:gpt2` or `:xlnet` (a
+permutation LM carrying an 8-token memory from step to step)."""
 from jaxlm.config_defaults import pretrain_config
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64)
@@ -6,10 +7,14 @@ TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max
 
 def get_config(family="gpt2"):
     c = pretrain_config()
-    c.objective = {"bert": "mlm_nsp", "roberta": "mlm", "gpt2": "clm"}[family]
+    c.objective = {"bert": "mlm_nsp", "roberta": "mlm", "gpt2": "clm", "xlnet": "plm"}[family]
     c.model.family = family
     c.model.size = ""
-    c.model.update(TINY)
+    if family == "xlnet":  # relative positions: no position table
+        c.model.update({k: v for k, v in TINY.items() if k != "max_position_embeddings"}, mem_len=8, reuse_len=8)
+        c.data.num_predict = 5
+    else:
+        c.model.update(TINY)
     c.data.tokenizer_vocab_size = 500
     c.data.seq_len = 32
     c.data.max_predictions = 5
