@@ -1,7 +1,18 @@
-"""Process set-up shared by the command-line entry points (pretrain, finetune, evaluate, ...)."""
-import logging as py_logging
+"""Process set-up shared by the command-line entry points (pretrain, finetune, evaluate, ...): quieter library
+logs, and XLA's persistent compilation cache, on by default, so a second run of the same config (a resume, a
+rerun of `make demo`, an evaluation of the same shapes) loads its compiled steps instead of compiling them again.
 
+    JAXLM_COMPILATION_CACHE=off      no cache;   JAXLM_COMPILATION_CACHE=/path   another directory
+    (JAX's own jax_compilation_cache_dir / JAX_COMPILATION_CACHE_DIR, when set, is used as it is)
+"""
+import logging as py_logging
+import os
+
+import jax
 from absl import logging
+
+CACHE_ENV = "JAXLM_COMPILATION_CACHE"
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jaxlm", "xla")
 
 NOISY_LIBRARIES = ("orbax", "tensorstore", "grain", "tensorflow_datasets", "jax/_src")
 
@@ -20,3 +31,23 @@ def quiet_library_logs():
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
         handler.addFilter(_LibraryInfoFilter())
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns XLA's persistent compilation cache on (programs that took over a second to compile are kept, keyed
+    by the program, the devices and the versions); returns its directory, None when turned off."""
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    value = os.environ.get(CACHE_ENV, DEFAULT_CACHE_DIR)
+    if value.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    directory = os.path.expanduser(value)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory
+
+
+def setup_command() -> None:
+    """What every command does first."""
+    quiet_library_logs()
+    enable_compilation_cache()

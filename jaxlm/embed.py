@@ -25,6 +25,7 @@ from absl import app, flags
 
 from jaxlm import sharding as shd
 from jaxlm import workdir as wd
+from jaxlm.cli import setup_command
 from jaxlm.models import family_of
 from jaxlm.models.common import unbox
 from jaxlm.paths import open_text
@@ -152,6 +153,7 @@ def read_texts(path: str, field: str = "text") -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_command()
     f = flags.FLAGS
     texts = read_texts(f.input, f.field)
     embedder = load(f.checkpoint, None if f.step < 0 else f.step, pooling=f.pooling,

@@ -30,6 +30,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import ConfigDict
 
+from jaxlm.cli import setup_command
 from jaxlm.data.corpus import DataNotPreparedError, load_data_source, record_text
 from jaxlm.paths import absolute, is_remote, open_text
 from jaxlm.tasks import BadInputError
@@ -208,6 +209,7 @@ def _perplexity_main(f) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_command()
     f = flags.FLAGS
     if f.workdir and f.checkpoint:
         raise app.UsageError("pass --workdir (a fine-tuning run's task metrics) or --checkpoint (a language model's "

@@ -20,6 +20,7 @@ import sys
 import jax
 
 from jaxlm import sharding as shd
+from jaxlm.cli import setup_command
 from jaxlm.decoding import GenerationConfig, adapter_for, generate, pad_prompts
 from jaxlm.paths import open_text
 from jaxlm.workdir import open_run
@@ -62,6 +63,7 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_command()
     try:
         return _run(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: say which, no trace

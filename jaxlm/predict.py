@@ -19,6 +19,7 @@ import sys
 import jax
 from absl import app, flags
 
+from jaxlm.cli import setup_command
 from jaxlm.paths import is_remote, open_text
 from jaxlm.tasks import BadInputError
 from jaxlm.tasks.finetuning import load_finetuned
@@ -54,6 +55,7 @@ def predict(workdir: str, records: list[dict], *, step: int | None = None, batch
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_command()
     f = flags.FLAGS
     records = read_jsonl(f.input)
     results = predict(f.workdir, records, step=None if f.step < 0 else f.step, batch_size=f.batch_size,

@@ -13,7 +13,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from jaxlm import data, sharding, train
-from jaxlm.cli import quiet_library_logs
+from jaxlm.cli import setup_command
 from jaxlm.config_defaults import check_overrides
 from jaxlm.data.sources import data_dir
 from jaxlm.models import family_of
@@ -140,7 +140,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
-    quiet_library_logs()
+    setup_command()
     summary = run(_CONFIG.value, FLAGS.workdir)
     if summary.get("status") != "completed":
         logging.warning("run ended with status %s", summary.get("status"))

@@ -162,6 +162,36 @@ def test_fault_injection_sigkills_and_a_ctrl_c_resume_to_the_uninterrupted_run_b
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
+@pytest.mark.slow
+def test_commands_keep_compiled_steps_in_a_persistent_cache(tmp_path, tokenizer_file):
+    """On by default (~/.cache/jaxlm/xla; JAXLM_COMPILATION_CACHE names another directory, `off` turns it off):
+    the second run of a config compiles nothing new, its programs all come from the first run's cache."""
+    data_dir, tok = tokenizer_file
+    env = {k: v for k, v in env_with_devices(8).items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                             "JAX_PERSISTENT_CACHE", "JAXLM_"))}
+    common = (f"--config.data.tokenizer={tok}", "--config.train.num_steps=4", "--config.train.eval_every=2")
+
+    def launch(name, home, **extra):
+        cmd = pretrain_cmd(tmp_path / name, data_dir, TINY + ":gpt2", *common)
+        # every program cached, however fast it compiled (by default only those over a second: a timing-dependent set)
+        env_now = {**env, "HOME": str(home), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env_now, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    home = tmp_path / "home"
+    cache = home / ".cache" / "jaxlm" / "xla"
+    launch("first", home)
+    entries = sorted(os.listdir(cache))
+    assert any(name.startswith("jit_step") for name in entries), entries  # the train step
+    launch("second", home)
+    assert sorted(os.listdir(cache)) == entries  # nothing compiled twice
+    launch("elsewhere", tmp_path / "home2", JAXLM_COMPILATION_CACHE=str(tmp_path / "other"))
+    assert any(name.startswith("jit_step") for name in os.listdir(tmp_path / "other"))
+    assert not (tmp_path / "home2" / ".cache" / "jaxlm").exists()
+    launch("off", tmp_path / "home3", JAXLM_COMPILATION_CACHE="off")
+    assert not (tmp_path / "home3" / ".cache" / "jaxlm").exists()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

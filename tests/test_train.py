@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -23,7 +24,7 @@ from jaxlm.train import metrics as mx
 from jaxlm.train import optimizer as opt
 from jaxlm.train.evaluation import BatchEvaluator, evaluate_batches
 from jaxlm.train.loop import NonFiniteLossError, train
-from jaxlm.train.state import abstract_train_state, create_train_state
+from jaxlm.train.state import TrainState, abstract_train_state, create_train_state
 from jaxlm.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step, split_microbatches
 
 VOCAB, D, MLP, B, L = 64, 16, 32, 16, 8
@@ -470,6 +471,27 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_newest_intact_step(tmp_pat
     assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
     np.testing.assert_array_equal(jax.device_get(resumed["state"].params["Dense_0"]["kernel"]),
                                   jax.device_get(full["state"].params["Dense_0"]["kernel"]))
+
+
+def test_checkpoints_of_a_state_without_memory_field_restore_and_a_memory_mismatch_is_named(tmp_path):
+    """A checkpoint written before TrainState had a memory (its four fields, as Orbax stored them) resumes into
+    today's state; a state with a memory against a run without one is a mismatch, not damage."""
+    _, layout, _, _ = setup("8x1x1")
+    state = fresh_state("8x1x1")
+    manager = ckpt.make_checkpoint_manager(str(tmp_path / "old"), async_save=False)
+    old_layout = {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old_layout)))
+    restored = ckpt.restore_checkpoint(manager, layout)
+    manager.close()
+    assert restored.step == 3 and isinstance(restored.state, TrainState) and restored.state.memory is None
+    np.testing.assert_array_equal(jax.device_get(restored.state.params["Dense_0"]["kernel"]),
+                                  jax.device_get(state.params["Dense_0"]["kernel"]))
+    manager = ckpt.make_checkpoint_manager(str(tmp_path / "memory"), async_save=False)
+    ckpt.save_checkpoint(manager, 4, state.replace(memory=jnp.zeros((2, 16, 4, 8))))
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"\['memory'\] differ \(a memory: .*mem_len"):
+        ckpt.restore_checkpoint(manager, layout)
+    assert manager.all_steps() == [4]
+    manager.close()
 
 
 def test_every_step_damaged_is_an_error_that_moves_nothing(tmp_path):

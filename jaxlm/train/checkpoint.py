@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as pp
 
 from jaxlm.paths import resolved
-from jaxlm.train.state import StateLayout
+from jaxlm.train.state import StateLayout, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, *, da
     step = int(step)
     if step in manager.all_steps():
         return False
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(state_items(state))}
     if data_iter is not None and hasattr(data_iter, "get_state"):
         items["data_iter"] = DataIterSave(data_iter)
     if config is not None:
@@ -144,6 +144,17 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, *, da
     if metrics is not None:
         metrics = {k: float(v) for k, v in metrics.items()}
     return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def state_items(state: Any) -> Any:
+    """A TrainState as the dict of its fields that Orbax stores (memory only when there is one), so that every
+    checkpoint, written before TrainState had a memory or after, has the same layout; other trees as they are."""
+    if not isinstance(state, TrainState):
+        return state
+    items = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if items["memory"] is None:
+        del items["memory"]
+    return items
 
 
 def abstract_like(target: Any) -> Any:
@@ -217,6 +228,12 @@ def check_params_fit(step_dir: epath.Path, target: Any, config: Any = None) -> N
                          "be read")
     if not isinstance(tree, Mapping) or "params" not in tree:
         raise ValueError(f"{step_dir / 'state'}: the stored state has no 'params'")
+    items = state_items(abstract)
+    if isinstance(items, Mapping) and set(items) != set(tree):
+        extra, missing = sorted(set(tree) - set(items)), sorted(set(items) - set(tree))
+        hint = " (a memory: was it written with another config.model.mem_len?)" if "memory" in extra + missing else ""
+        raise CheckpointMismatchError(f"{step_dir}: the stored state holds {sorted(tree)}, this run's "
+                                      f"{sorted(items)}: {extra or missing} differ{hint}")
     stored, wanted = _flat_shapes(tree["params"]), _flat_shapes(params)
     problems = [f"{k}: stored {stored[k]}, the model wants {wanted[k]}" for k in sorted(set(stored) & set(wanted))
                 if stored[k] != wanted[k]]
@@ -239,7 +256,8 @@ def _restore_step(manager: ocp.CheckpointManager, target: Any, step: int, data_i
                   ) -> Restored:
     step_dir = epath.Path(manager.directory) / str(step)
     check_params_fit(step_dir, target, config)
-    items = {"state": ocp.args.StandardRestore(abstract_like(target))}
+    abstract = abstract_like(target)
+    items = {"state": ocp.args.StandardRestore(state_items(abstract))}
     has_iter = (step_dir / "data_iter").exists()
     if data_iter is not None and has_iter:
         items["data_iter"] = DataIterRestore(data_iter)
@@ -248,7 +266,10 @@ def _restore_step(manager: ocp.CheckpointManager, target: Any, step: int, data_i
     if (step_dir / "config").exists():
         items["config"] = ocp.args.JsonRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return Restored(step=step, state=restored["state"], config=restored.get("config"),
+    state = restored["state"]
+    if isinstance(abstract, TrainState):
+        state = TrainState(**state)
+    return Restored(step=step, state=state, config=restored.get("config"),
                     data_iter_restored=data_iter is not None and has_iter)
 
 
