@@ -24,7 +24,8 @@ LAYERS = {
     "jaxlm.config_defaults": 11,
     # the commands (python -m jaxlm.X)
     "jaxlm.pretrain": 11, "jaxlm.finetune": 11, "jaxlm.evaluate": 11, "jaxlm.predict": 11, "jaxlm.generate": 11,
-    "jaxlm.embed": 11, "jaxlm.eval_harness": 11, "jaxlm.tokenizer": 11, "jaxlm.__init__": 11,
+    "jaxlm.embed": 11, "jaxlm.eval_harness": 11, "jaxlm.tokenizer": 11, "jaxlm.__init__": 11, "jaxlm.bias": 11,
+    "jaxlm.sweep": 11,
 }
 
 
