@@ -136,7 +136,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.task = "classification"  # a name of jaxlm.tasks.TASKS
-    c.seed = 0
+    c.seed = 0  # the head's initialisation and the dropout stream
+    c.data_seed = -1  # the training data order; -1: config.seed (Dodge et al. 2020 vary the two apart: jaxlm.sweep)
     # A pretraining run's workdir, one of its checkpoint step dirs (WORKDIR/checkpoints/<step>), an imported HF
     # workdir (`python -m jaxlm.convert from-hf`) or an earlier fine-tuning run. '' = no pretraining: a random
     # backbone from config.model.family/size (a baseline; needs config.tokenizer).
@@ -237,6 +238,11 @@ def finetune_config() -> ml_collections.ConfigDict:
         progress_bar=True,
         **accounting_keys(),
     ))
+    # LoRA (Hu et al. 2021; jaxlm.train.lora): rank > 0 freezes the backbone and trains low-rank adapters on the
+    # targeted kernels plus the task head; alpha / rank scales the update. targets: comma-separated query, key,
+    # value, out, relative (XLNet), mlp_in, mlp_out, or the groups attention, mlp, all. 0 = full fine-tuning.
+    # train_also: comma-separated backbone modules trained in full besides (PEFT's modules_to_save), e.g. pooler.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets="query,value", train_also=""))
     c.mesh = mesh_section()
     c.distributed = distributed_section()
     c.lock()

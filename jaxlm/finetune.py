@@ -22,13 +22,12 @@ from jaxlm import sharding, train
 from jaxlm.cli import setup_command
 from jaxlm.config_defaults import check_overrides
 from jaxlm.data import keep_tokenizer
-from jaxlm.data.byte_tokenizer import parse_bytes_name
-from jaxlm.paths import absolute
 from jaxlm.run_lock import workdir_lock
 from jaxlm.tasks import BadInputError, EpochBatches, num_rows
 from jaxlm.tasks.base import LOWER_IS_BETTER
 from jaxlm.tasks.evaluation import TaskEvaluator
-from jaxlm.tasks.finetuning import best_step, setup, write_json
+from jaxlm.tasks.finetuning import best_step, data_seed, run_config, setup, write_json
+from jaxlm.train import lora
 from jaxlm.train.accounting import accounting_for_run
 from jaxlm.train.metrics import read_metrics, write_summary
 from jaxlm.workdir import abstract_params, restore_backbone
@@ -97,7 +96,7 @@ def _train(config, workdir: str):
     mesh, rules = sharding.mesh_and_rules(config.mesh)
     _check_batch("batch_size", config.train.batch_size, mesh, process_count)
     _check_batch("eval_batch_size", config.train.eval_batch_size, mesh, process_count)
-    train_iter = EpochBatches(train_features, config.train.batch_size, task.device_keys(spec), seed=config.seed,
+    train_iter = EpochBatches(train_features, config.train.batch_size, task.device_keys(spec), seed=data_seed(config),
                               process_index=process_index, process_count=process_count)
     steps_per_epoch = train_iter.steps_per_epoch
     num_steps = (config.train.num_steps if config.train.num_steps > 0
@@ -106,9 +105,11 @@ def _train(config, workdir: str):
                  num_rows(train_iter.features), steps_per_epoch, num_steps)
 
     init_batch = task.init_batch(spec)
+    lora_config = lora.LoraConfig.from_dict(config.lora)
     tx, schedule = train.make_optimizer(config.optimizer, num_steps=max(num_steps, 1),
-                                        params=abstract_params(s.model, init_batch))
-    state, layout = train.create_train_state(lambda rng: s.model.init(rng, **init_batch), tx,
+                                        params=lora.optimizer_params(abstract_params(s.model, init_batch), lora_config))
+    init_fn = lambda rng: s.model.init(rng, **init_batch)  # noqa: E731
+    state, layout = train.create_train_state(init_fn, lora.base_optimizer(tx, lora_config),
                                              jax.random.key(config.seed), mesh, rules)
 
     best_metric = task.best_metric(spec, config.train.best_metric) if eval_examples is not None else None
@@ -124,26 +125,30 @@ def _train(config, workdir: str):
         write_json(os.path.join(workdir, "backbone_report.json"), dataclasses.asdict(report))
     elif manager.latest_step() is not None:
         logging.info("resuming %s from step %d", workdir, manager.latest_step())
+    adapted = None
+    if lora_config.enabled:  # the backbone frozen (stored once in the workdir), LoRA adapters + head train
+        adapted = lora.adapt(state, layout, init_fn, lora_config, tx, mesh, rules, run_dir=workdir,
+                             resume=manager.latest_step() is not None)
+        state = adapted.state
 
-    train_step = train.jit_train_step(
-        train.make_train_step(task.loss_fn(spec, s.model), tx, num_microbatches=config.train.num_microbatches,
-                              learning_rate_fn=schedule),
-        layout, sharding.batch_sharding(mesh), mesh, rules)
+    if adapted is None:
+        train_step = train.jit_train_step(
+            train.make_train_step(task.loss_fn(spec, s.model), tx, num_microbatches=config.train.num_microbatches,
+                                  learning_rate_fn=schedule),
+            layout, sharding.batch_sharding(mesh), mesh, rules)
+    else:
+        train_step = adapted.jit_train_step(task.loss_fn(spec, s.model), tx, sharding.batch_sharding(mesh),
+                                            num_microbatches=config.train.num_microbatches, learning_rate_fn=schedule)
     evaluate = None
     if eval_examples is not None:
         predictor = task.predictor(spec, s.model, mesh, layout.shardings.params, config.train.eval_batch_size,
                                    s.tokenizer, rules)
         evaluate = TaskEvaluator(task, spec, predictor, eval_examples, eval_features)
+        if adapted is not None:
+            evaluate = adapted.evaluator(evaluate)
 
     tokenizer_path = keep_tokenizer(s.tokenizer_path, workdir) if process_index == 0 else s.tokenizer_path
-    saved_config = {
-        **config.to_dict(), "model": {**config.model.to_dict(), "family": s.model_config.family},
-        "model_config": dataclasses.asdict(s.model_config), "task_spec": dataclasses.asdict(spec),
-        "best_metric": best_metric,
-        # the tokenizer's own name where nothing is on disk ("bytes"), else its absolute path
-        "tokenizer_file": tokenizer_path if parse_bytes_name(tokenizer_path) is not None else absolute(tokenizer_path),
-        "init_checkpoint_resolved": absolute(config.init_checkpoint) if config.init_checkpoint else None,
-    }
+    saved_config = run_config(config, s, tokenizer_path, best_metric)
     peak = None
     if jax.local_devices()[0].platform == "cpu" and config.train.cpu_peak_flops:
         peak = config.train.cpu_peak_flops / jax.local_device_count()

@@ -32,6 +32,7 @@ from jaxlm.layers import stack_layers
 from jaxlm.models import family_of, get_model_config
 from jaxlm.models.common import unbox
 from jaxlm.paths import open_text, resolved
+from jaxlm.train import lora
 from jaxlm.train.backbone import BackboneReport, num_stacked_layers, plan_backbone, scanned_name, split_source
 from jaxlm.train.checkpoint import CHECKPOINT_DIR
 
@@ -175,6 +176,9 @@ def read_params(path: str, step: int | None = None, *, target: Any = None, subtr
     """
     folder = step_dir(path, step)
     state_dir = folder / "state"
+    lora_config = lora.LoraConfig.from_dict((read_config(os.fspath(folder)) or {}).get("lora"))
+    if lora_config.enabled:  # a LoRA run: its adapters merged into the base here, for every reader
+        return _read_lora_params(folder, lora_config, target, subtree), os.fspath(folder), int(folder.name)
     if target is None:  # shapes without shardings: every array read to this host
         target = _stored_tree(state_dir)["params"]
         for key in subtree:
@@ -184,6 +188,34 @@ def read_params(path: str, step: int | None = None, *, target: Any = None, subtr
     if not any(isinstance(x, jax.Array) for x in jax.tree.leaves(params)):
         params = jax.tree.map(np.asarray, params)
     return params, os.fspath(folder), int(folder.name)
+
+
+def _read_lora_params(folder: epath.Path, config: lora.LoraConfig, target: Any, subtree: tuple[str, ...]) -> dict:
+    """A LoRA run's task-model params (or their `subtree`): the stored trainable tree (head + adapters) and the
+    run's frozen base (jaxlm.train.lora), merged; onto `target`'s shardings if given, else numpy."""
+    if subtree not in ((), (lora.FROZEN_KEY,)):
+        raise ValueError(f"{folder}: a LoRA run's params are read whole or as {lora.FROZEN_KEY!r}, not {subtree}")
+    state_dir = folder / "state"
+    stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), _stored_tree(state_dir)["params"])
+    full_target = target if not subtree or target is None else {subtree[0]: target}
+    if full_target is None:
+        trainable = jax.tree.map(np.asarray, _restore(state_dir, stored))
+        params = lora.merged_params(trainable, lora.read_base(run_dir(os.fspath(folder))), config)
+    else:
+        frozen_target = full_target[lora.FROZEN_KEY]
+        mesh = jax.tree.leaves(frozen_target)[0].sharding.mesh
+        replicated = NamedSharding(mesh, P())
+        trainable_target = {k: full_target[k] if k in full_target and k != lora.FROZEN_KEY else
+                            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), v)
+                            for k, v in stored.items()}
+        trainable = _restore(state_dir, trainable_target)
+        frozen = lora.read_base(run_dir(os.fspath(folder)), frozen_target)
+        shardings = jax.tree.map(lambda a: a.sharding, {**{k: v for k, v in trainable_target.items()
+                                                           if k != lora.FROZEN_KEY}, lora.FROZEN_KEY: frozen_target})
+        params = lora.merged_params(trainable, frozen, config, shardings)
+    for key in subtree:
+        params = params[key]
+    return params
 
 
 def read_state(path: str, step: int | None = None, *, sharding: Any = None) -> dict:

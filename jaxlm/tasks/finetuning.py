@@ -19,9 +19,10 @@ import orbax.checkpoint as ocp
 from jaxlm import sharding as shd
 from jaxlm import workdir as wd
 from jaxlm.data import find_run_tokenizer, load_tokenizer
+from jaxlm.data.byte_tokenizer import parse_bytes_name
 from jaxlm.models import family_of, get_family
 from jaxlm.models.registry import apply_runtime_overrides, model_config_from_section
-from jaxlm.paths import open_text, resolved
+from jaxlm.paths import absolute, open_text, resolved
 from jaxlm.tasks.base import LOWER_IS_BETTER, Task, TaskSpec
 from jaxlm.tasks.registry import get_task, task_for_config
 from jaxlm.train.checkpoint import CHECKPOINT_DIR
@@ -150,6 +151,23 @@ def load_finetuned(workdir: str, step: int | None = None, mesh=None) -> Finetune
     param_shardings = jax.tree.map(lambda a: a.sharding, target)
     tokenizer = load_tokenizer(find_run_tokenizer(workdir, saved), model_config.family)
     return FinetunedRun(workdir, step, saved, task, spec, model, params, tokenizer, mesh, param_shardings)
+
+
+def data_seed(config) -> int:
+    """The seed of the training data order: config.data_seed, or config.seed when it is -1."""
+    return config.seed if config.data_seed < 0 else config.data_seed
+
+
+def run_config(config, s: Setup, tokenizer_path: str, best_metric: str | None) -> dict:
+    """The config a fine-tuning run saves with its checkpoints: what load_finetuned (evaluate, predict) reads back."""
+    return {
+        **config.to_dict(), "model": {**config.model.to_dict(), "family": s.model_config.family},
+        "model_config": dataclasses.asdict(s.model_config), "task_spec": dataclasses.asdict(s.spec),
+        "best_metric": best_metric,
+        # the tokenizer's own name where nothing is on disk ("bytes"), else its absolute path
+        "tokenizer_file": tokenizer_path if parse_bytes_name(tokenizer_path) is not None else absolute(tokenizer_path),
+        "init_checkpoint_resolved": absolute(config.init_checkpoint) if config.init_checkpoint else None,
+    }
 
 
 def write_json(path: str, obj) -> None:

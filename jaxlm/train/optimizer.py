@@ -101,15 +101,18 @@ class OptimizerConfig:
         return dataclasses.replace(self, total_steps=total, warmup_steps=warmup)
 
 
-def make_schedule(cfg: OptimizerConfig) -> Callable[[Any], jax.Array]:
+def make_schedule(cfg: OptimizerConfig, peak: Any = None) -> Callable[[Any], jax.Array]:
     """lr(step): linear warmup 0 -> peak over warmup_steps, then the chosen decay.
+
+    peak: the peak as an array instead of cfg.learning_rate (a per-trial value inside a vmapped step, so that one
+    compiled program trains every learning rate of a sweep: jaxlm.train.trials).
 
     step counts updates already applied (optax's count), so the first update uses lr(0) (0 when
     warming up, as in optax and HF). inverse_sqrt: peak * sqrt(warmup / step) after warmup, floored at
     end_learning_rate. rsqrt_decay (T5 / t5x): the same decay with no ramp, peak held constant for the first
     warmup steps, i.e. peak * sqrt(warmup / max(step, warmup)) = 1 / sqrt(max(step, 10^4)) for T5's 0.01, 10^4.
     """
-    peak, end = float(cfg.learning_rate), float(cfg.end_learning_rate)
+    peak, end = float(cfg.learning_rate) if peak is None else peak, float(cfg.end_learning_rate)
     warmup, total, kind = int(cfg.warmup_steps), int(cfg.total_steps), cfg.schedule
 
     def schedule(step):
@@ -140,15 +143,16 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any], *, num_steps: int | None = None, params: Any = None,
-                   weight_decay_mask: Callable[[Any], Any] = decay_mask,
+                   weight_decay_mask: Callable[[Any], Any] = decay_mask, learning_rate: Any = None,
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
     """Returns (optax transform, schedule). Clipping (global norm) comes first in the chain; layer-wise lr decay
     (layerwise_lr_decay < 1) scales the updates last and needs the (abstract) params to know the layers.
-    num_steps: the run's steps, for total_steps / warmup_steps of -1."""
+    num_steps: the run's steps, for total_steps / warmup_steps of -1. learning_rate: the schedule's peak as a
+    (traced) array instead of cfg.learning_rate (see make_schedule); the optimizer state has the same structure."""
     if not isinstance(cfg, OptimizerConfig):
         cfg = OptimizerConfig.from_dict(cfg)
     cfg = cfg.resolved(num_steps)
-    schedule = make_schedule(cfg)
+    schedule = make_schedule(cfg, learning_rate)
     if cfg.name == "adamw":
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                           weight_decay=cfg.weight_decay, mask=weight_decay_mask)
