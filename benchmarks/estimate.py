@@ -1,7 +1,9 @@
-"""How long and how much: the FLOPs, time and cost of a pretraining config on a hardware slice, at a stated MFU.
+"""How long and how much: the FLOPs, time, cost, energy and carbon of a pretraining config on a hardware slice, at
+a stated MFU, before the run starts.
 
     .venv/bin/python benchmarks/estimate.py configs/pretrain/bert_base.py:phase1 --slice v4-32 --slice v5e-32
     .venv/bin/python benchmarks/estimate.py configs/pretrain/gpt2_small.py --slice 8xH100 --mfu 0.5
+    .venv/bin/python benchmarks/estimate.py configs/pretrain/t5_base.py --region europe-north1 [--pue 1.1]
     .venv/bin/python benchmarks/estimate.py --all [--markdown]   # every reproduction recipe, its suggested slice
 
 FLOPs are the training loop's own analytic count (the objective's `train_flops_per_example`, from the model
@@ -10,7 +12,10 @@ keys per token for the attention scores and values; the vocabulary projection on
 e.g. MLM's masked slots; T5's encoder over its inputs and decoder over its targets), times batch x steps. So "at
 40% MFU" means "if the run reports MFU 0.40 in metrics.jsonl". Parameter counts come from the real model
 (jax.eval_shape of its init: no memory, no device). Times assume the slice does nothing but train steps (no
-evaluation, checkpoint or start-up time); costs are chips x hours x list price.
+evaluation, checkpoint or start-up time); costs are chips x hours x list price. Energy and CO2e come from the
+tables a run's own accounting uses when its hardware has no energy counter (jaxlm.train.accounting.estimate_run:
+a typical power per chip x chips x hours, times the data centre's PUE, times the grid's gCO2e/kWh of --region, else
+the config's config.train.carbon_region, else the world average).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from jaxlm.models import family_of  # noqa: E402
 from jaxlm.models.common import count_params  # noqa: E402
 from jaxlm.models.registry import model_config_from_section  # noqa: E402
 from jaxlm.objectives import objective_from_config  # noqa: E402
+from jaxlm.train.accounting import estimate_run  # noqa: E402
 from jaxlm.train.metrics import peak_flops_per_device  # noqa: E402
 from jaxlm.workdir import abstract_params  # noqa: E402
 
@@ -142,14 +148,17 @@ class Estimate:
     seconds: float
     usd_on_demand: float | None
     usd_spot: float | None
+    footprint: dict  # estimate_run's energy / carbon figures (facility_energy_kwh, co2e_kg, region, pue, ...)
 
     @property
     def hours(self) -> float:
         return self.seconds / 3600
 
 
-def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, name: str = "") -> Estimate:
-    """FLOPs, time and cost of training `config` from `start_step` to config.train.num_steps."""
+def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, name: str = "",
+             region: str | None = None, pue: float | None = None) -> Estimate:
+    """FLOPs, time, cost, energy and CO2e of training `config` from `start_step` to config.train.num_steps.
+    region / pue: default the config's config.train.carbon_region / pue (unset: the world average, its PUE)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu}: must be in (0, 1]")
     steps = config.train.num_steps - start_step
@@ -163,8 +172,12 @@ def estimate(config, hardware: Hardware, mfu: float = 0.4, start_step: int = 0, 
     flops_per_second = hardware.chips * hardware.peak_flops_per_chip * mfu
     seconds = flops / flops_per_second
     usd = None if hardware.usd_per_hour is None else seconds / 3600 * hardware.usd_per_hour
+    region = region if region is not None else (config.train.get("carbon_region") or None)
+    pue = pue if pue is not None else (config.train.get("pue") or None)
+    footprint = estimate_run(hardware.kind, hardware.chips, seconds / 3600, region=region, pue=pue)
     return Estimate(name, hardware, model, mfu, steps, batch, seq_len, per_token, tokens, flops,
-                    flops_per_second / per_token, seconds, usd, None if usd is None else usd * SPOT_FRACTION)
+                    flops_per_second / per_token, seconds, usd, None if usd is None else usd * SPOT_FRACTION,
+                    footprint)
 
 
 def load(spec: str):
@@ -191,14 +204,23 @@ def _usd(x: float | None) -> str:
     return "-" if x is None else f"${x:,.0f}"
 
 
+def _kwh(x: float) -> str:
+    return f"{x / 1000:.3g} MWh" if x >= 1000 else f"{x:.3g} kWh"
+
+
+def _co2e(kg: float) -> str:
+    return f"{kg / 1000:.3g} t" if kg >= 1000 else f"{kg:.3g} kg"
+
+
 COLUMNS = ("config", "hardware", "chips", "hosts", "params", "FLOPs/token", "steps", "tokens", "train FLOPs",
-           "tokens/s", "time", "on-demand", "spot")
+           "tokens/s", "time", "on-demand", "spot", "energy", "CO2e")
 
 
 def rows(estimates: list[Estimate]) -> list[tuple[str, ...]]:
     return [(e.config, e.hardware.name, str(e.hardware.chips), str(e.hardware.hosts), _count(e.model.total_params),
              _count(e.flops_per_token), _count(e.steps), _count(e.tokens), f"{e.flops:.3g}",
-             _count(e.tokens_per_second), _duration(e.seconds), _usd(e.usd_on_demand), _usd(e.usd_spot))
+             _count(e.tokens_per_second), _duration(e.seconds), _usd(e.usd_on_demand), _usd(e.usd_spot),
+             _kwh(e.footprint["facility_energy_kwh"]), _co2e(e.footprint["co2e_kg"]))
             for e in estimates]
 
 
@@ -212,12 +234,21 @@ def format_table(estimates: list[Estimate], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*COLUMNS), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
 
 
-def footnote(mfu: float) -> str:
+def footnote(mfu: float, estimates: list[Estimate] = ()) -> str:
     prices = ", ".join(f"{k} ${v:.2f}" for k, v in ON_DEMAND_USD_PER_CHIP_HOUR.items() if v is not None)
+    power = {e.hardware.kind: e.footprint["power_w_per_device"] for e in estimates}
+    grids = sorted({(e.footprint["region"], e.footprint["carbon_intensity_g_per_kwh"], e.footprint["pue"])
+                    for e in estimates})
+    footprint = ""
+    if estimates:
+        watts = ", ".join(f"{k} {w:.0f} W" for k, w in power.items())
+        at = "; ".join(f"{r} {g:.0f} gCO2e/kWh, PUE {p:.2f}" for r, g, p in grids)
+        footprint = (f" Energy: typical power per chip ({watts}) x chips x time x PUE (the chips only: hosts and "
+                     f"network are not counted); CO2e at {at}.")
     return (f"At {mfu:.0%} MFU of dense bf16 peak; FLOPs per token = 6 x matmul weights per token + 12 x layers x "
             "width x keys (attention), the vocabulary projection where the objective projects. On-demand USD per "
             f"chip-hour ({PRICES_AS_OF} list prices, US regions): {prices}; spot = {SPOT_FRACTION:.0%} of on-demand "
-            "(assumed). Train steps only: no evaluation, checkpointing, compilation or queueing time.")
+            "(assumed). Train steps only: no evaluation, checkpointing, compilation or queueing time." + footprint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start_step", type=int, default=0, help="continue from this step (phase 2: 900000)")
     parser.add_argument("--all", action="store_true", help="every reproduction recipe on its suggested slice")
     parser.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    parser.add_argument("--region", default=None, help="grid of the CO2e column: a cloud region (us-central2, "
+                        "europe-west4, ...) or gCO2e/kWh (default: the config's config.train.carbon_region, else "
+                        "the world average)")
+    parser.add_argument("--pue", type=float, default=None, help="data-centre PUE (default: the region's provider's)")
     args = parser.parse_args(argv)
     if args.all == bool(args.config):
         parser.error("give a config file or --all")
@@ -246,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             name = os.path.relpath(spec, ROOT) if os.path.isabs(spec) else spec
             name = name.replace("configs/pretrain/", "")
             for hw in hardware_names:
-                estimates.append(estimate(config, parse_hardware(hw), args.mfu, start, name))
+                estimates.append(estimate(config, parse_hardware(hw), args.mfu, start, name, args.region, args.pue))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(estimates, args.markdown))
     print()
-    print(footnote(args.mfu))
+    print(footnote(args.mfu, estimates))
     return 0
 
 

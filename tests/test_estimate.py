@@ -99,3 +99,19 @@ def test_tpu_readme_throughput_table_is_the_scripts_output():
         row = est.rows([e])[0]
         line = "| " + " | ".join((row[1], row[2], row[3], row[9], row[10], row[11], row[12])) + " |"
         assert line in readme, f"tpu/README.md is stale for {hw}: expected {line}"
+
+
+def test_the_footprint_columns_are_power_times_time_times_pue_at_the_regions_grid(capsys):
+    """Energy and CO2e before a run starts, from the accounting's tables: v4 at 170 W a chip, us-central2's grid."""
+    config = est.load("configs/pretrain/bert_base.py:phase1")
+    e = est.estimate(config, est.parse_hardware("v4-32"), mfu=0.4, region="us-central2")
+    f = e.footprint
+    assert f["power_w_per_device"] == 170.0 and f["region"] == "us-central2"
+    assert f["facility_energy_kwh"] == pytest.approx(170.0 * 16 * e.hours / 1000 * f["pue"], rel=1e-9)
+    assert f["co2e_kg"] == pytest.approx(f["facility_energy_kwh"] * f["carbon_intensity_g_per_kwh"] / 1000, rel=1e-9)
+    world = est.estimate(config, est.parse_hardware("v4-32"), mfu=0.4).footprint
+    assert world["region"] == "world-average" and world["carbon_intensity_g_per_kwh"] == 475.0
+    row = est.rows([e])[0]
+    assert row[-2] == f"{f['facility_energy_kwh']:.3g} kWh" and row[-1] == f"{f['co2e_kg']:.3g} kg"
+    assert est.main(["configs/pretrain/gpt2_small.py", "--region", "mars"]) == 2
+    assert "unknown region 'mars'" in capsys.readouterr().err
