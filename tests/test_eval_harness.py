@@ -155,6 +155,7 @@ def test_gpt2_through_lm_eval_equals_lm_evals_hf_model(tasks_dir, tmp_path):
     assert len(list(get_rolling_token_windows(model.tok_encode(text), 0, POSITIONS, 1))) >= 2
 
 
+@pytest.mark.slow
 def test_t5_through_lm_eval_equals_lm_evals_seq2seq_hf_model(tasks_dir, tmp_path):
     model_dir = t5_dir(tmp_path / "t5", tmp_path)
     workdir = str(tmp_path / "run")

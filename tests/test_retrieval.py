@@ -397,6 +397,7 @@ def _pairs_config(pairs_file, init="", **overrides):
     return config
 
 
+@pytest.mark.slow  # (one minute on 2 cores: make test stays under CI's 10)
 def test_an_embedding_checkpoint_keeps_its_pooling_and_dense_head_when_fine_tuned_further(tmp_path):
     from jaxlm import embed, finetune
     from jaxlm.tasks.finetuning import setup
