@@ -38,7 +38,9 @@ Two row layouts, chosen by the model's memory (config.model.mem_len):
   second half of the global batch reads the first half's streams backwards (the model gives those rows backward
   relative positions). A and B are cut at a random token, not at sentence ends (the authors' `_split_a_and_b`
   cuts at sentences); the stream repeats (memory resets at the wrap) when it runs out. Evaluation reads the
-  memoryless layout.
+  memoryless layout. Every host tokenizes the whole training split into memory when the run starts (4 bytes a
+  token: fine up to a few hundred million tokens; a C4-sized corpus needs the streams prepared offline, as the
+  authors' tfrecords are, which jaxlm does not do yet).
 The released `_sample_mask` counts the span length in tokens, not words (its end loop tests the start piece
 `seg[beg]` instead of `seg[end]`): a span is n tokens that begin at a word start; kept as released.
 """
