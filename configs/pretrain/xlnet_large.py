@@ -11,7 +11,8 @@ The paper trained on 512 TPU v3 chips for 5.5 days (section 3.1).
 The memory as the README's flags set it: mem_len 384, reuse_len 256 and bi_data (its data-preparation command),
 so each row continues its stream from the previous step and attends to the cached states of the 384 tokens
 before it (jaxlm.objectives.plm, the recurrent layout). That layout tokenizes the training split into host memory
-at start: for C4 itself set config.data.dataset to a slice that fits, or prepare the streams offline (not built).
+at start: for C4 itself train on a slice of the split that fits (config.data.train_split), or prepare the streams
+offline (not built).
 
 Data: the paper's BooksCorpus + Wikipedia + Giga5 + ClueWeb + Common Crawl (32.9B subword pieces) is not
 redistributable; the default is TFDS `c4/en` (prepare it in array_record format) with a 32,000-piece
