@@ -23,41 +23,27 @@ Each row's "others" is how many cores other processes kept busy while it ran (fr
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import os
-import platform
 import random
-import resource
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
 
+from machine import cpu_snapshot, print_table, system_line  # noqa: E402  (benchmarks/machine.py)
+
+PACKAGES = ("jax", "jaxlib", "flax", "torch", "transformers", "sentence-transformers")  # the versions the report names
+
 SST2_DEV = os.path.join(os.path.dirname(ROOT), "shared", "data", "glue", "SST-2", "dev.tsv")
-
-
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, this process's CPU s, whole machine's busy CPU s) for measuring contention."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    busy = float("nan")
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    return time.perf_counter(), r.ru_utime + r.ru_stime, busy
 
 
 def timed(fn) -> tuple[object, dict]:
     """fn()'s result and {wall, cpu (this process), others (cores other processes kept busy meanwhile)}."""
-    start = _cpu_snapshot()
+    start = cpu_snapshot()
     out = fn()
-    wall, own, busy = (e - s for e, s in zip(_cpu_snapshot(), start))
+    wall, own, busy = (e - s for e, s in zip(cpu_snapshot(), start))
     return out, {"wall": wall, "cpu": own, "others": max(busy - own, 0.0) / wall if wall > 0 else None}
 
 
@@ -103,29 +89,6 @@ def build_models(workdir: str, texts: list[str], args) -> tuple[str, str]:
     return st_dir, run
 
 
-def system_line() -> str:
-    versions = []
-    for pkg in ("jax", "jaxlib", "flax", "torch", "transformers", "sentence-transformers"):
-        try:
-            versions.append(f"{pkg} {md.version(pkg)}")
-        except md.PackageNotFoundError:
-            versions.append(f"{pkg} -")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; " + ", ".join(versions)
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,7 +110,7 @@ def main(argv=None) -> int:
 
     texts, source = read_texts(args.texts)
     shown = ["benchmarks/embed.py"] + (sys.argv[1:] if argv is None else list(argv))
-    print(f"# jaxlm sentence-embedding benchmark\n\n{system_line()}")
+    print(f"# jaxlm sentence-embedding benchmark\n\n{system_line(PACKAGES)}")
     print(f"command: python {' '.join(shown)}")
     print(f"load average at start (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="jaxlm-embed-bench-") as tmp:

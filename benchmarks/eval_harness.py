@@ -35,12 +35,9 @@ Each row's "others" is how many cores other processes kept busy while it ran (fr
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import json
 import os
-import platform
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -48,6 +45,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
+
+from machine import cpu_snapshot, print_table, system_line  # noqa: E402  (benchmarks/machine.py)
+
+PACKAGES = ("jax", "jaxlib", "flax", "torch", "transformers", "lm_eval")  # the versions the report names
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -60,18 +61,6 @@ METRICS = {"mc": "acc", "gen": "exact_match", "rolling": "word_perplexity"}
 
 
 # ----------------------------------------------------------------------------------------- timing
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, this process's CPU s, whole machine's busy CPU s) for measuring contention."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    busy = float("nan")
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    return time.perf_counter(), r.ru_utime + r.ru_stime, busy
 
 
 def _stats(start, end) -> dict:
@@ -87,10 +76,10 @@ def instrument(lm) -> list[dict]:
         original = getattr(lm, method)
 
         def wrapped(requests, *args, _original=original, _method=method, **kwargs):
-            start = _cpu_snapshot()
+            start = cpu_snapshot()
             kwargs.setdefault("disable_tqdm", True)  # the same for both; lm-eval's evaluator passes nothing
             out = _original(requests, *args, **kwargs)
-            calls.append(dict(_stats(start, _cpu_snapshot()), requests=len(requests), method=_method))
+            calls.append(dict(_stats(start, cpu_snapshot()), requests=len(requests), method=_method))
             return out
 
         setattr(lm, method, wrapped)
@@ -232,27 +221,6 @@ def metric(result: dict, task: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- report
-def system_line() -> str:
-    versions = []
-    for pkg in ("jax", "jaxlib", "flax", "torch", "transformers", "lm_eval"):
-        try:
-            versions.append(f"{pkg} {md.version(pkg)}")
-        except md.PackageNotFoundError:
-            versions.append(f"{pkg} -")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; " + ", ".join(versions)
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def _summary(values) -> str:
@@ -285,7 +253,7 @@ def main(argv=None) -> int:
 
     start_time = time.time()
     shown = ["benchmarks/eval_harness.py"] + (sys.argv[1:] if argv is None else list(argv))
-    print(f"# jaxlm lm-evaluation-harness benchmark\n\n{system_line()}")
+    print(f"# jaxlm lm-evaluation-harness benchmark\n\n{system_line(PACKAGES)}")
     print(f"command: python {' '.join(shown)}")
     print(f"load average at start (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="jaxlm-eval-bench-") as tmp:
@@ -322,11 +290,11 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads or default_threads)
             log = calls[id(lm)]
             before = len(log)
-            begin = _cpu_snapshot()
+            begin = cpu_snapshot()
             result = lm_eval.simple_evaluate(model=lm, tasks=[f"bench_{task}"], task_manager=task_manager,
                                              log_samples=True, bootstrap_iters=0, random_seed=0,
                                              numpy_random_seed=0, torch_random_seed=0, verbosity="ERROR")
-            outer = _stats(begin, _cpu_snapshot())
+            outer = _stats(begin, cpu_snapshot())
             torch.set_num_threads(default_threads)
             inner = log[before:]
             if len(inner) != 1 or inner[0]["method"] != OUTPUT_TYPES[task]:

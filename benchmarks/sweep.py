@@ -23,15 +23,15 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
+
+from machine import cpu_model, cpu_snapshot  # noqa: E402  (benchmarks/machine.py)
 
 SST2 = os.path.join(ROOT, "..", "shared", "data", "glue", "SST-2")
 MODELS = {  # the BERT miniatures of Turc et al. 2019
@@ -39,29 +39,6 @@ MODELS = {  # the BERT miniatures of Turc et al. 2019
     "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
 }
 RATES = (1e-4, 3e-4)
-
-
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, this process's and its children's CPU s, whole machine's busy CPU s) for measuring contention."""
-    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for f in ("ru_utime", "ru_stime"))
-    busy = float("nan")
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    return time.perf_counter(), own, busy
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------------- the worker
@@ -102,7 +79,7 @@ def worker(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="jaxlm-sweep-bench-")
     config = _config(args, _backbone(os.path.join(tmp, "backbone"), args.model))
     trials = sweep.make_trials(list(RATES), seeds=list(range(args.trials // len(RATES))))
-    start = _cpu_snapshot()
+    start = cpu_snapshot(include_children=True)
     if args.worker.startswith("sweep"):
         width = int(args.worker.partition("width=")[2] or 0)
         result = sweep.run(config, os.path.join(tmp, "sweep"), trials, vmap_width=width)
@@ -117,7 +94,7 @@ def worker(args) -> dict:
             compile_s += summary["first_step_s"]
             steady += summary["step_time_s"]
             steps = summary["final_step"]
-    wall, own, busy = (e - s for e, s in zip(_cpu_snapshot(), start))
+    wall, own, busy = (e - s for e, s in zip(cpu_snapshot(include_children=True), start))
     return {"mode": args.worker, "trials": len(trials), "steps": steps, "wall": wall, "cpu": own,
             "others": max(busy - own, 0.0) / wall, "first_step_s": compile_s, "steady_step_s": steady,
             "final_dev_loss": final}
