@@ -213,6 +213,21 @@ def row_goal(num_predict: int, seq_len: int, real_tokens: int) -> int:
     return max(1, min(real_tokens - 3, round(num_predict * real_tokens / seq_len)))
 
 
+def _prediction_slots(inputs: np.ndarray, target_mask: np.ndarray, num_predict: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """target_mapping [P, L] (one-hot rows at the targets in ascending position order, then zero rows), targets [P]
+    (the token at each target) and target_weights [P] of a row's target mask."""
+    positions = np.flatnonzero(target_mask)[:num_predict]
+    k = positions.size
+    target_mapping = np.zeros((num_predict, inputs.size), np.float32)
+    target_mapping[np.arange(k), positions] = 1.0
+    targets = np.zeros(num_predict, np.int32)
+    targets[:k] = inputs[positions]
+    target_weights = np.zeros(num_predict, np.float32)
+    target_weights[:k] = 1.0
+    return target_mapping, targets, target_weights
+
+
 def plm_features(tokens_a, tokens_b, rng: np.random.Generator, *, seq_len: int, num_predict: int, sep_id: int,
                  cls_id: int, pad_id: int = 0, perm_size: int | None = None, max_span: int = 5, mask_alpha: int = 6,
                  mask_beta: int = 1, word_starts=None) -> dict[str, np.ndarray]:
@@ -240,14 +255,7 @@ def plm_features(tokens_a, tokens_b, rng: np.random.Generator, *, seq_len: int, 
     is_masked[:real] = chosen
     perm = local_perm(rng, inputs, is_masked, perm_size or seq_len, seq_len, sep_id=sep_id, cls_id=cls_id,
                       valid=valid)
-    positions = np.flatnonzero(perm.target_mask)
-    k = positions.size
-    target_mapping = np.zeros((num_predict, seq_len), np.float32)
-    target_mapping[np.arange(k), positions] = 1.0
-    targets = np.zeros(num_predict, np.int32)
-    targets[:k] = inputs[positions]
-    target_weights = np.zeros(num_predict, np.float32)
-    target_weights[:k] = 1.0
+    target_mapping, targets, target_weights = _prediction_slots(inputs, perm.target_mask, num_predict)
     token_types = np.full(seq_len, SEG_ID_PAD, np.int32)
     token_types[:real] = np.concatenate([np.full(a.size + 1, SEG_ID_A), np.full(b.size + 1, SEG_ID_B), [SEG_ID_CLS]])
     return {"inputs": inputs, "segment_ids": valid.astype(np.int32), "token_types": token_types,
@@ -281,14 +289,7 @@ def plm_stream_features(reuse, tokens_a, tokens_b, rng: np.random.Generator, *, 
     perm_mask = np.block([[parts[0].perm_mask, np.ones((reuse_len, rest_len), bool)],
                           [np.zeros((rest_len, reuse_len), bool), parts[1].perm_mask]])
     target_mask = np.concatenate([parts[0].target_mask, parts[1].target_mask])
-    positions = np.flatnonzero(target_mask)[:num_predict]
-    k = positions.size
-    target_mapping = np.zeros((num_predict, seq_len), np.float32)
-    target_mapping[np.arange(k), positions] = 1.0
-    targets = np.zeros(num_predict, np.int32)
-    targets[:k] = inputs[positions]
-    target_weights = np.zeros(num_predict, np.float32)
-    target_weights[:k] = 1.0
+    target_mapping, targets, target_weights = _prediction_slots(inputs, target_mask, num_predict)
     token_types = np.concatenate([np.full(reuse_len + a.size + 1, SEG_ID_A), np.full(b.size + 1, SEG_ID_B),
                                   [SEG_ID_CLS]]).astype(np.int32)
     return {"inputs": inputs, "segment_ids": np.ones(seq_len, np.int32), "token_types": token_types,
