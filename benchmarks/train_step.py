@@ -39,6 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # run from a checkout without installing jaxlm
 
+from machine import cpu_snapshot  # noqa: E402  (benchmarks/machine.py)
+
 WORKLOADS = {
     "bert": dict(family="bert", size="base", objective="mlm_nsp", batch=8, seq=128, max_predictions=20),
     "gpt2": dict(family="gpt2", size="small", objective="clm", batch=4, seq=256, max_predictions=0),
@@ -78,20 +80,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, this process's CPU s, whole machine's busy CPU s) for measuring contention."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    busy = float("nan")
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    return time.perf_counter(), r.ru_utime + r.ru_stime, busy
-
-
 class StepTimer:
     """Wall and own CPU time per step, plus how many cores other processes kept busy meanwhile."""
 
@@ -101,10 +89,10 @@ class StepTimer:
         self._others_wall = 0.0
 
     def start(self):
-        self._start = _cpu_snapshot()
+        self._start = cpu_snapshot()
 
     def stop(self, timed: bool = True):
-        end = _cpu_snapshot()
+        end = cpu_snapshot()
         wall, own, busy = (e - s for e, s in zip(end, self._start))
         if timed:
             self.wall.append(wall)
