@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.attention_kernel import EINSUM, choose_kernel, fused_attention
+
 NEG_INF = -1e10  # finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN
 
 
@@ -68,7 +70,7 @@ class MultiHeadAttention(nn.Module):
     out_init_stddev: float | None = None
     query_init_stddev: float | None = None  # T5 folds 1/sqrt(head_dim) into the query initialisation
     cross_attention: bool = False  # attends to `inputs_kv` (encoder outputs); caches their K/V in decode mode
-    attention_impl: str = "xla"  # "xla" (einsum) or "dot_product" (jax.nn.dot_product_attention, fused on GPU/TPU)
+    attention_impl: str = "auto"  # auto | cudnn | dot_product | xla: jaxlm.layers.attention_kernel
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -105,12 +107,15 @@ class MultiHeadAttention(nn.Module):
         if self.scale_logits:
             q_BxQxHxK = q_BxQxHxK / jnp.sqrt(self.head_dim).astype(self.dtype)
         use_dropout = self.dropout_rate > 0.0 and not deterministic
-        if self.attention_impl == "dot_product" and not use_dropout:
+        kernel = choose_kernel(self.attention_impl, name=self.name, dtype=self.dtype, head_dim=self.head_dim,
+                               q_len=q_BxQxHxK.shape[1], k_len=k.shape[2 if kv == "bhkd" else 1],
+                               dropout=use_dropout, decode=decode, has_bias=bias is not None,
+                               training=not deterministic)
+        if kernel != EINSUM:
             if kv == "bhkd":  # it takes [B,S,H,K]; on CPU XLA folds this swap into its dots (as fast as 'xla')
                 k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-            out_BxQxHxK = jax.nn.dot_product_attention(
-                q_BxQxHxK, k, v, bias=None if bias is None else bias.astype(self.dtype), mask=mask, scale=1.0)
-        elif self.attention_impl in ("xla", "dot_product"):
+            out_BxQxHxK = fused_attention(kernel, q_BxQxHxK, k, v, mask=mask, bias=bias, scale=1.0)
+        else:
             logits_BxHxQxK = jnp.einsum(f"bqhd,{kv}->bhqk", q_BxQxHxK, k).astype(jnp.float32)
             if bias is not None:
                 logits_BxHxQxK = logits_BxHxQxK + bias.astype(jnp.float32)
@@ -120,8 +125,6 @@ class MultiHeadAttention(nn.Module):
             if use_dropout:
                 weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
             out_BxQxHxK = jnp.einsum(f"bhqk,{kv}->bqhd", weights, v)
-        else:
-            raise ValueError(f"attention_impl must be 'xla' or 'dot_product', got {self.attention_impl!r}")
 
         out_std = self.out_init_stddev if self.out_init_stddev is not None else self.init_stddev
         return HeadsProjection(self.num_heads, self.head_dim, features, to_heads=False, use_bias=self.use_bias,

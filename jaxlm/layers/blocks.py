@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.layers.attention import MultiHeadAttention
+from jaxlm.layers.attention_kernel import check_attention_impl
 from jaxlm.layers.mlp import FeedForward
 from jaxlm.layers.norms import LayerNorm, RMSNorm
 
@@ -48,7 +49,7 @@ class BlockConfig:
     query_init_stddev: float | None = None  # None: init_stddev (T5: (d_model * head_dim) ** -0.5)
     mlp_out_init_stddev: float | None = None  # None: out_init_stddev (T5: d_ff ** -0.5)
     mlp_dropout_rate: float = 0.0  # dropout between the feed-forward's two matmuls (T5)
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     cross_attention: bool = False
     scan_layers: bool = False
     remat_policy: str = "none"
@@ -58,6 +59,7 @@ class BlockConfig:
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+        check_attention_impl(self.attention_impl)
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm={self.norm!r} must be 'layernorm' or 'rmsnorm'")
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.attention import NEG_INF, HeadsProjection
+from jaxlm.layers.attention_kernel import check_attention_impl
 
 BIAS_NAMES = ("r_w_bias", "r_r_bias", "r_s_bias")
 HEADS_AXES = ("activation_batch", "activation_length", "activation_heads", "kv")
@@ -124,7 +125,9 @@ class RelativeAttention(nn.Module):
     dropout_rate: float = 0.0
     init_stddev: float = 0.02
     untie_r: bool = True
-    attention_impl: str = "xla"  # or "dot_product": the content term fused, position + segment terms as a bias
+    # "dot_product": the content term fused, position + segment terms as a bias. "auto" / "cudnn" run the einsum
+    # path: the bias is per example and learned, which cuDNN's kernel is not checked for (jaxlm.layers.attention_kernel)
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -196,8 +199,7 @@ class RelativeAttention(nn.Module):
             return jax.nn.dot_product_attention(q_w, k_BxKxNxK, v_BxKxNxK,
                                                 bias=(bias_BxNxQxK * scale).astype(self.dtype), mask=mask,
                                                 scale=scale)
-        if self.attention_impl not in ("xla", "dot_product"):
-            raise ValueError(f"attention_impl must be 'xla' or 'dot_product', got {self.attention_impl!r}")
+        check_attention_impl(self.attention_impl)
         ac_BxNxQxK = jnp.einsum("bqnd,bknd->bnqk", q_w, k_BxKxNxK).astype(jnp.float32)
         logits_BxNxQxK = (ac_BxNxQxK + bias_BxNxQxK) * scale
         if mask is not None:

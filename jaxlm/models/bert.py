@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlm.layers import BlockConfig, Embed, LayerNorm, TransformerStack, make_attention_mask
+from jaxlm.layers.attention_kernel import check_attention_impl
 from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.layers.mlp import get_activation
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
@@ -36,15 +37,16 @@ class BertConfig:
     position_offset: int = 0  # RoBERTa: pad_token_id + 1 = 2
     nsp_head: bool = True  # BERT: MLM + NSP; RoBERTa: MLM only
     pooler: bool = True
-    dtype: Any = "float32"
+    dtype: Any = "auto"  # compute dtype: bfloat16 on GPU / TPU, float32 on CPU (models.common.to_dtype)
     param_dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if self.family not in ("bert", "roberta"):
             raise ValueError(f"BertConfig.family={self.family!r}: 'bert' or 'roberta'")
+        check_attention_impl(self.attention_impl, "BertConfig.attention_impl")
 
     def block_config(self) -> BlockConfig:
         if self.hidden_size % self.num_heads:

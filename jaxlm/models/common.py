@@ -5,12 +5,19 @@ import numpy as np
 from flax.core import meta
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+AUTO_DTYPE = "auto"  # config.model.dtype's default: bfloat16 compute on GPU / TPU, float32 on CPU
+MIXED_PRECISION_BACKENDS = ("gpu", "tpu")
 
 
 def to_dtype(name_or_dtype):
+    """A dtype name of a model config -> the jnp dtype. 'auto' is bfloat16 on GPU and TPU (their matrix units'
+    type; params stay float32 and softmax, norms and losses compute in float32) and float32 on CPU, where bfloat16
+    matmuls are emulated and slower."""
     if isinstance(name_or_dtype, str):
+        if name_or_dtype == AUTO_DTYPE:
+            return jnp.bfloat16 if jax.default_backend() in MIXED_PRECISION_BACKENDS else jnp.float32
         if name_or_dtype not in DTYPES:
-            raise ValueError(f"dtype {name_or_dtype!r} is not one of {sorted(DTYPES)}")
+            raise ValueError(f"dtype {name_or_dtype!r} is not one of {sorted(DTYPES) + [AUTO_DTYPE]}")
         return DTYPES[name_or_dtype]
     return name_or_dtype
 

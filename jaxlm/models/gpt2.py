@@ -15,6 +15,7 @@ from jaxlm.layers import (
     make_attention_mask,
     make_causal_mask,
 )
+from jaxlm.layers.attention_kernel import check_attention_impl
 from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.models.common import check_length, check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
@@ -37,11 +38,14 @@ class GPT2Config:
     pad_token_id: int = 0
     bos_token_id: int = 50256
     eos_token_id: int = 50256
-    dtype: Any = "float32"
+    dtype: Any = "auto"  # compute dtype: bfloat16 on GPU / TPU, float32 on CPU (models.common.to_dtype)
     param_dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
+
+    def __post_init__(self):
+        check_attention_impl(self.attention_impl, "GPT2Config.attention_impl")
 
     def block_config(self) -> BlockConfig:
         if self.hidden_size % self.num_heads:

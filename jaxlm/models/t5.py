@@ -56,6 +56,7 @@ from jaxlm.layers import (
     make_attention_mask,
     make_causal_mask,
 )
+from jaxlm.layers.attention_kernel import check_attention_impl
 from jaxlm.layers.blocks import LOGITS_AXES
 from jaxlm.models.common import check_token_ids, to_dtype
 from jaxlm.models.family import ModelFamily, feed_forward_params, transformer_layer_train_flops
@@ -82,11 +83,11 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    dtype: Any = "float32"
+    dtype: Any = "auto"  # compute dtype: bfloat16 on GPU / TPU, float32 on CPU (models.common.to_dtype)
     param_dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         parts = self.feed_forward_proj.split("-")
@@ -95,6 +96,7 @@ class T5Config:
                              "(e.g. 'relu', 'gated-gelu')")
         if self.family not in ("t5", "t5_v1_1"):
             raise ValueError(f"T5Config.family={self.family!r}: 't5' or 't5_v1_1'")
+        check_attention_impl(self.attention_impl, "T5Config.attention_impl")
 
     @property
     def is_gated(self) -> bool:

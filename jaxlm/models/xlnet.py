@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers import Embed, FeedForward, LayerNorm
+from jaxlm.layers.attention_kernel import check_attention_impl
 from jaxlm.layers.blocks import ACTIVATION_AXES, LOGITS_AXES, REMAT_POLICIES
 from jaxlm.layers.relative_attention import (
     RelativeAttention,
@@ -66,11 +67,11 @@ class XLNetConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 5
-    dtype: Any = "float32"
+    dtype: Any = "auto"  # compute dtype: bfloat16 on GPU / TPU, float32 on CPU (models.common.to_dtype)
     param_dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if self.family != "xlnet":
@@ -80,8 +81,7 @@ class XLNetConfig:
                              "bidirectional ('bi', as every released checkpoint); 'uni' (causal) is not implemented")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
-        if self.attention_impl not in ("xla", "dot_product"):
-            raise ValueError(f"attention_impl={self.attention_impl!r}: 'xla' or 'dot_product'")
+        check_attention_impl(self.attention_impl, "XLNetConfig.attention_impl")
         for name in ("mem_len", "reuse_len"):
             value = getattr(self, name)
             if value is not None and value < 0:
