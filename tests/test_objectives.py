@@ -531,3 +531,20 @@ def test_chunked_vocabulary_projection_gives_the_unchunked_loss(family):
     np.testing.assert_allclose(float(chunked_loss), float(plain_loss), rtol=1e-5)
     np.testing.assert_allclose(float(chunked["accuracy"]), float(plain["accuracy"]), atol=1e-6)
     assert float(chunked["num_tokens"]) == float(plain["num_tokens"]) == batch["weights"].sum()
+
+
+def test_accuracy_by_max_logit_equals_argmax_without_ties_and_counts_a_tie_as_correct():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 7, 50)).astype(np.float32)
+    targets = rng.integers(0, 50, (4, 7)).astype(np.int32)
+    targets[0, :3] = logits[0, :3].argmax(-1)  # some hits
+    weights = rng.uniform(0.5, 2.0, (4, 7)).astype(np.float32)
+    weights[1, 2] = 0.0
+    correct, total = losses.weighted_accuracy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    expected = np.sum(np.where(logits.argmax(-1) == targets, weights, 0.0))
+    assert expected > 0
+    np.testing.assert_allclose(float(correct), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(total), weights.sum(), rtol=1e-6)
+    tie = jnp.asarray([[[1.0, 3.0, 3.0]]])
+    assert float(losses.weighted_accuracy(tie, jnp.asarray([[2]]))[0]) == 1.0  # argmax would say 1
+    assert float(losses.weighted_accuracy(tie, jnp.asarray([[-100]]))[0]) == 0.0  # an ignored label never hits

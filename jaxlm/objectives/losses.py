@@ -61,10 +61,18 @@ def cross_entropy_with_logits(logits, targets, weights=None, *, label_smoothing=
 
 
 def weighted_accuracy(logits, targets, weights=None):
-    """(correct_sum, weight_sum): weighted count of positions whose argmax is the target."""
+    """(correct_sum, weight_sum): weighted count of positions whose target has the largest logit.
+
+    Computed as `target_logit >= max(logits)`, not `argmax(logits) == target`: XLA CPU lowers argmax to a
+    (value, index) reduce that is not vectorised (221 ms against 11 ms over GPT-2's [1024, 50257] logits;
+    the GPT-2 small loss head's value-and-grad 530 -> 270 ms, benchmarks/RESULTS.md). A tie for the largest
+    logit counts as correct, which only exactly equal logits can tell apart.
+    """
     _check_shapes(logits, targets, weights)
     weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-    correct = jnp.argmax(logits, axis=-1) == targets
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1, mode="clip")[..., 0]
+    in_range = (targets >= 0) & (targets < logits.shape[-1])
+    correct = in_range & (target_logit >= jnp.max(logits, axis=-1))
     return jnp.sum(jnp.where(correct & (weights != 0), weights, 0.0)), jnp.sum(weights)
 
 
