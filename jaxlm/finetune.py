@@ -26,7 +26,15 @@ from jaxlm.run_lock import workdir_lock
 from jaxlm.tasks import BadInputError, EpochBatches, num_rows
 from jaxlm.tasks.base import LOWER_IS_BETTER
 from jaxlm.tasks.evaluation import TaskEvaluator
-from jaxlm.tasks.finetuning import best_step, data_seed, run_config, setup, write_json
+from jaxlm.tasks.finetuning import (
+    best_step,
+    data_seed,
+    run_config,
+    setup,
+    train_flops_per_step,
+    train_length_buckets,
+    write_json,
+)
 from jaxlm.train import lora
 from jaxlm.train.accounting import accounting_for_run
 from jaxlm.train.metrics import read_metrics, write_summary
@@ -96,13 +104,18 @@ def _train(config, workdir: str):
     mesh, rules = sharding.mesh_and_rules(config.mesh)
     _check_batch("batch_size", config.train.batch_size, mesh, process_count)
     _check_batch("eval_batch_size", config.train.eval_batch_size, mesh, process_count)
+    buckets, bucket_keys = train_length_buckets(config, task, spec)
     train_iter = EpochBatches(train_features, config.train.batch_size, task.device_keys(spec), seed=data_seed(config),
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count, buckets=buckets,
+                              bucket_keys=bucket_keys)
     steps_per_epoch = train_iter.steps_per_epoch
     num_steps = (config.train.num_steps if config.train.num_steps > 0
                  else int(round(config.train.num_epochs * steps_per_epoch)))
     logging.info("%d training examples -> %d rows, %d steps per epoch, %d steps", len(train_examples),
                  num_rows(train_iter.features), steps_per_epoch, num_steps)
+    if buckets:
+        logging.info("length buckets: batches per epoch %s; %.1f of %d tokens per row on average",
+                     train_iter.batches_per_bucket, train_iter.mean_row_len(), spec.row_len)
 
     init_batch = task.init_batch(spec)
     lora_config = lora.LoraConfig.from_dict(config.lora)
@@ -154,12 +167,13 @@ def _train(config, workdir: str):
         peak = config.train.cpu_peak_flops / jax.local_device_count()
     period = config.train.eval_every_steps or steps_per_epoch  # evaluation and checkpoint period
     eval_every = period if config.train.eval_every_epoch or config.train.eval_every_steps else 0
-    flops_per_step = task.train_flops_per_example(spec, s.model_config) * config.train.batch_size
+    flops_per_step = train_flops_per_step(task, spec, s.model_config, train_iter)  # an epoch's mean (buckets)
+    tokens_per_step = round(config.train.batch_size * (train_iter.mean_row_len() if buckets else spec.row_len))
     summary = train.train(
         state=state, train_step=train_step, train_iter=train_iter, num_steps=num_steps, workdir=workdir, mesh=mesh,
         checkpoint_manager=manager, checkpoint_every=period, evaluate=evaluate, eval_every=eval_every,
         log_every=config.train.log_every,
-        flops_per_step=flops_per_step, tokens_per_step=config.train.batch_size * spec.row_len,
+        flops_per_step=flops_per_step, tokens_per_step=tokens_per_step,
         peak_flops_per_device=peak, config=saved_config,
         progress=config.train.progress_bar,
         accounting=accounting_for_run(config.train, flops_per_step, mesh.devices.size))

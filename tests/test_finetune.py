@@ -491,7 +491,8 @@ def test_sst2_end_to_end_with_evaluate_and_predict(pretrained, tmp_path):
     assert summary["backbone"]["loaded"] == 39
     assert summary["backbone"]["new"] == ["head/classifier/bias", "head/classifier/kernel"]
     assert any(p.startswith("mlm_head/") for p in summary["backbone"]["unused"])
-    assert summary["eval_examples"] == 872 and summary["steps_per_epoch"] == 250
+    # 8000 / 32 = 250 batches, + at most one short batch per other length bucket (16, 32, 64)
+    assert summary["eval_examples"] == 872 and 250 <= summary["steps_per_epoch"] <= 252
     best = summary["best_eval"]["accuracy"]
     assert best > 0.6, f"dev accuracy {best} is not clearly above the majority class (444/872 = 0.509)"
 
@@ -513,19 +514,20 @@ def test_sst2_end_to_end_with_evaluate_and_predict(pretrained, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact(pretrained, tmp_path):
     """A run resumed from its epoch-1 checkpoint (data position included) ends with bitwise the same params as
-    the uninterrupted run; layer-wise lr decay on."""
+    the uninterrupted run; layer-wise lr decay on, length-bucketed batches (the default)."""
     from jaxlm.workdir import read_state
 
     workdir = tmp_path / "run"
     common = {"data.train_limit": 320, "data.eval_limit": 64, "train.num_epochs": 2.0, "train.keep_checkpoints": 2,
               "optimizer.layerwise_lr_decay": 0.8}
     straight = finetune_run("sst2.py", workdir, pretrained, **common)
-    assert straight["steps_per_epoch"] == 10 and straight["final_step"] == 20
-    final = jax.tree.map(np.asarray, read_state(str(workdir), 20)["params"])
+    epoch = straight["steps_per_epoch"]  # 320 / 32 = 10, + a short batch per length bucket but the last
+    assert 10 <= epoch <= 12 and straight["final_step"] == 2 * epoch
+    final = jax.tree.map(np.asarray, read_state(str(workdir), 2 * epoch)["params"])
     import shutil
-    shutil.rmtree(workdir / "checkpoints" / "20")
+    shutil.rmtree(workdir / "checkpoints" / str(2 * epoch))
     resumed = finetune_run("sst2.py", workdir, pretrained, **common)
-    assert resumed["resumed_from"] == 10 and resumed["steps_run"] == 10
+    assert resumed["resumed_from"] == epoch and resumed["steps_run"] == epoch
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, resumed["state"].params), final)
     assert resumed["final_eval"]["accuracy"] == straight["final_eval"]["accuracy"]
 

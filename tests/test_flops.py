@@ -197,3 +197,63 @@ def test_the_check_fails_on_a_wrong_count():
         with pytest.raises(AssertionError, match="outside"):
             check_ratio(wrong, xla, f"gpt2/clm {what}")
     assert analytic != xla  # two independent counts (XLA's includes elementwise work), not one number twice
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning: each task's train_flops_per_example (the backbone's matmuls + the head's; the embedding lookups are
+# gathers and not counted) against XLA's count of the task's compiled forward + backward, at the full row length
+# and at a length-bucketed one (config.data.length_buckets: the count follows the batch's row length).
+
+FINETUNE_CASES = {  # family, task, row length
+    "bert/classification": ("bert", "classification", SEQ_LEN),  # pooler head
+    "bert/classification@32": ("bert", "classification", 32),  # a length bucket
+    "roberta/token_classification": ("roberta", "token_classification", SEQ_LEN),
+    "bert/question_answering": ("bert", "question_answering", SEQ_LEN),
+}
+
+
+def _finetune_model(case: str):
+    from jaxlm.tasks import TaskSpec, get_task
+
+    family_name, task_name, length = FINETUNE_CASES[case]
+    config = get_model_config(family_name, scan_layers=False, **BERT_LIKE, hidden_dropout=0.0, attention_dropout=0.0)
+    labels = tuple("OBIEX") if task_name == "token_classification" else ("0", "1", "2")
+    spec = TaskSpec(task=task_name, format="", labels=None if task_name == "question_answering" else labels,
+                    pair=task_name == "question_answering", style="bert", max_len=length)
+    return config, get_task(task_name), spec
+
+
+@functools.lru_cache(maxsize=None)
+def measure_finetune(case: str) -> tuple[float, float]:
+    config, task, spec = _finetune_model(case)
+    model = task.model(spec, config)
+    params = abstract_params(model, task.init_batch(spec))
+    rng, L = np.random.default_rng(0), spec.max_len
+    labels_shape = (BATCH, L) if spec.task == "token_classification" else BATCH
+    batch = {"inputs": rng.integers(5, VOCAB, (BATCH, L)).astype(np.int32),
+             "segment_ids": np.ones((BATCH, L), np.int32),
+             "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (BATCH, L)),
+             "token_types": np.zeros((BATCH, L), np.int32), "example_weights": np.ones(BATCH, np.float32),
+             "labels": rng.integers(0, 3, labels_shape).astype(np.int32),
+             "label_weights": np.ones((BATCH, L), np.float32), "start_positions": np.full(BATCH, 3, np.int32),
+             "end_positions": np.full(BATCH, 5, np.int32)}
+    batch = {k: batch[k] for k in task.device_keys(spec)}
+    step = jax.jit(jax.value_and_grad(task.loss_fn(spec, model), has_aux=True))
+    compiled = step.lower(params, batch, None).compile(compiler_options=FAST_COMPILE)
+    return task.train_flops_per_example(spec, config) * BATCH, xla_flops(compiled)
+
+
+@pytest.mark.parametrize("case", list(FINETUNE_CASES))
+def test_finetuning_train_flops_match_xla(case):
+    analytic, xla = measure_finetune(case)
+    check_ratio(analytic, xla, case)
+
+
+def test_finetuning_flops_leave_the_embedding_table_out():
+    """Counting the token-embedding table as a matmul (6 x vocab x hidden per token: it is a gather) lands
+    outside the band."""
+    config, task, spec = _finetune_model("bert/classification")
+    analytic, xla = measure_finetune("bert/classification")
+    embedding = 6.0 * config.vocab_size * config.hidden_size * spec.max_len * BATCH
+    with pytest.raises(AssertionError, match="outside"):
+        check_ratio(analytic + embedding, xla, "bert/classification with the embedding table as a matmul")

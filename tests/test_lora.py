@@ -455,12 +455,13 @@ def test_lora_resume_is_exact(pretrained, tmp_path):
     workdir = tmp_path / "run"
     common = {"data.train_limit": 320, "data.eval_limit": 64, "train.num_epochs": 2.0, "train.keep_checkpoints": 2}
     straight = lora_finetune(workdir, pretrained, **common)
-    assert straight["steps_per_epoch"] == 10 and straight["final_step"] == 20
-    final = jax.tree.map(np.asarray, read_state(str(workdir), 20)["params"])
+    epoch = straight["steps_per_epoch"]  # 320 / 32 = 10, + a short batch per length bucket but the last
+    assert 10 <= epoch <= 12 and straight["final_step"] == 2 * epoch
+    final = jax.tree.map(np.asarray, read_state(str(workdir), 2 * epoch)["params"])
     assert sorted(final) == ["backbone", "head"]
-    shutil.rmtree(workdir / "checkpoints" / "20")
+    shutil.rmtree(workdir / "checkpoints" / str(2 * epoch))
     resumed = lora_finetune(workdir, pretrained, **common)
-    assert resumed["resumed_from"] == 10 and resumed["steps_run"] == 10
+    assert resumed["resumed_from"] == epoch and resumed["steps_run"] == epoch
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, resumed["state"].params), final)
     assert resumed["final_eval"]["accuracy"] == straight["final_eval"]["accuracy"]
     with open(workdir / "summary.json") as f:

@@ -268,6 +268,13 @@ class Task:
         """The feature keys the jitted step reads (the rest is host-side bookkeeping)."""
         return MODEL_INPUT_KEYS + self.target_keys
 
+    def length_bucket_keys(self, spec: TaskSpec) -> tuple[str, ...] | None:
+        """The device keys with a token axis (axis 1) that a length-bucketed training batch is cut to its bucket's
+        length (config.data.length_buckets; jaxlm.tasks.batches.EpochBatches), or None: this task always trains on
+        full max_len rows. Only a task whose model outputs on real tokens do not depend on padding after them
+        (attention masks padding keys) and whose loss never reads a padding position may bucket."""
+        return None
+
     def init_batch(self, spec: TaskSpec) -> dict[str, np.ndarray]:
         """What the task model's init is called with (shapes only matter)."""
         ones = np.ones((1, spec.max_len), np.int32)
@@ -309,6 +316,8 @@ class Task:
         return 0.0
 
     def train_flops_per_example(self, spec: TaskSpec, model_config) -> float:
+        """Training FLOPs (forward + backward) of one row of spec.row_len tokens: the matmuls the step runs (the
+        embedding lookups are gathers, not counted; tests/test_flops.py checks the count against XLA's)."""
         family = family_of(model_config)
         return (family.backbone_train_flops(model_config, tokens=spec.row_len)
                 + self.head_train_flops(spec, model_config))

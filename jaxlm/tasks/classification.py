@@ -36,7 +36,7 @@ from jaxlm.tasks.base import (
     softmax,
     weights_of,
 )
-from jaxlm.tasks.features import classification_features
+from jaxlm.tasks.features import MODEL_INPUT_KEYS, classification_features
 
 GLUE_TASKS = tuple(readers.GLUE_LAYOUTS)
 GENERIC_FORMATS = ("tsv", "csv", "jsonl")
@@ -161,6 +161,9 @@ class ClassificationTask(Task):
     def features(self, spec, examples, tokenizer):
         return classification_features(examples, tokenizer, spec.max_len, regression=spec.task == "regression",
                                        style=spec.style)
+
+    def length_bucket_keys(self, spec):
+        return MODEL_INPUT_KEYS  # the head reads the first / last real token or the pooler; labels are per row
 
     def head(self, spec, model_config):
         return SequenceHead(model_config, spec.num_labels, regression=spec.task == "regression",

@@ -24,6 +24,7 @@ from jaxlm.models import family_of, get_family
 from jaxlm.models.registry import apply_runtime_overrides, model_config_from_section
 from jaxlm.paths import absolute, open_text, resolved
 from jaxlm.tasks.base import LOWER_IS_BETTER, Task, TaskSpec
+from jaxlm.tasks.batches import EpochBatches, bucket_lengths
 from jaxlm.tasks.registry import get_task, task_for_config
 from jaxlm.train.checkpoint import CHECKPOINT_DIR
 
@@ -151,6 +152,30 @@ def load_finetuned(workdir: str, step: int | None = None, mesh=None) -> Finetune
     param_shardings = jax.tree.map(lambda a: a.sharding, target)
     tokenizer = load_tokenizer(find_run_tokenizer(workdir, saved), model_config.family)
     return FinetunedRun(workdir, step, saved, task, spec, model, params, tokenizer, mesh, param_shardings)
+
+
+def train_length_buckets(config, task: Task, spec: TaskSpec) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(lengths, keys cut to them) of the length-bucketed training batches: config.data.length_buckets below the
+    row length, and the row length itself; ((), ()) when the config turns bucketing off or the task always trains
+    on full rows (Task.length_bucket_keys)."""
+    lengths = bucket_lengths(tuple(config.data.get("length_buckets", ())), spec.row_len)
+    keys = task.length_bucket_keys(spec)
+    if not lengths or keys is None:
+        if lengths:
+            log.info("task %s trains on full %d-token rows (no length buckets)", spec.task, spec.row_len)
+        return (), ()
+    return lengths, tuple(keys)
+
+
+def train_flops_per_step(task: Task, spec: TaskSpec, model_config, batches: EpochBatches) -> float:
+    """Training FLOPs of one global batch, averaged over an epoch's steps (with length buckets, each bucket's row
+    length weighted by its batches)."""
+    per_row = lambda length: task.train_flops_per_example(dataclasses.replace(spec, max_len=length),  # noqa: E731
+                                                          model_config)
+    if not batches.buckets:
+        return task.train_flops_per_example(spec, model_config) * batches.batch_size
+    total = sum(count * per_row(length) for length, count in batches.batches_per_bucket.items())
+    return total / max(batches.steps_per_epoch, 1) * batches.batch_size
 
 
 def data_seed(config) -> int:

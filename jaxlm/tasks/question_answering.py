@@ -62,6 +62,10 @@ class QuestionAnsweringTask(Task):
     def features(self, spec, examples, tokenizer):
         return qa_features(examples, tokenizer, spec.max_len, spec.doc_stride, spec.max_query_len, style=spec.style)
 
+    # length_bucket_keys: None (full rows). The start / end cross-entropy runs over every position of the row,
+    # padding included (as BERT's run_squad), so a shorter row would change the loss; and the context windows fill
+    # max_len by construction except each document's last.
+
     def head(self, spec, model_config):
         return SpanHead(model_config)
 

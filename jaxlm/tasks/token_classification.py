@@ -23,7 +23,7 @@ from jaxlm.tasks.base import (
     record_field,
     weights_of,
 )
-from jaxlm.tasks.features import token_classification_features
+from jaxlm.tasks.features import MODEL_INPUT_KEYS, token_classification_features
 from jaxlm.tasks.postprocess import ner_word_predictions
 
 FORMATS = ("conll2003", "conll")
@@ -75,6 +75,9 @@ class TokenClassificationTask(Task):
 
     def features(self, spec, examples, tokenizer):
         return token_classification_features(examples, tokenizer, spec.max_len, spec.labels, style=spec.style)
+
+    def length_bucket_keys(self, spec):
+        return MODEL_INPUT_KEYS + ("labels", "label_weights")  # padding positions carry label weight 0
 
     def head(self, spec, model_config):
         return TokenHead(model_config, spec.num_labels, dropout=spec.head_dropout)
