@@ -5,25 +5,19 @@ instead of compiling them again.
 
     JAXLM_COMPILATION_CACHE=off      no cache;   JAXLM_COMPILATION_CACHE=/path   another directory
     (JAX's own jax_compilation_cache_dir / JAX_COMPILATION_CACHE_DIR, when set, is used as it is)
-    GLIBC_TUNABLES=<anything>        kept as it is (an empty value turns the huge pages off)
 
-Huge pages: XLA CPU allocates each step's temporary buffer (1.7 GB for BERT-base) with malloc, which glibc maps
-and unmaps every step, so every step faults it in again 4 KiB at a time. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
-makes those 2 MiB transparent huge pages: 12-18% faster CPU train steps, the same compiled program
-(benchmarks/RESULTS.md). glibc reads the variable only at process start, so a command started without it runs
-itself again, once, with it set (same process id, same arguments).
+Huge pages: see jaxlm.huge_pages (a command started without GLIBC_TUNABLES runs itself again with malloc's
+transparent huge pages, 12-20% faster CPU steps; JAXLM_HUGE_PAGES=off or any GLIBC_TUNABLES keeps it as it is).
 """
 import logging as py_logging
 import os
-import platform
-import sys
 
 import jax
 from absl import logging
 
+from jaxlm.huge_pages import TUNABLES_ENV, restart_with_huge_pages
+
 CACHE_ENV = "JAXLM_COMPILATION_CACHE"
-TUNABLES_ENV = "GLIBC_TUNABLES"
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "jaxlm", "xla")
 
 NOISY_LIBRARIES = ("orbax", "tensorstore", "grain", "tensorflow_datasets", "jax/_src")
@@ -57,23 +51,6 @@ def enable_compilation_cache() -> str | None:
     directory = os.path.expanduser(value)
     jax.config.update("jax_compilation_cache_dir", directory)
     return directory
-
-
-def restart_with_huge_pages(environ=os.environ) -> bool:
-    """Runs this command again (os.execve: the same process, the same arguments) with glibc's malloc asking for
-    transparent huge pages, when it was started as a jaxlm command (`python -m jaxlm.X`) on glibc Linux and
-    GLIBC_TUNABLES is unset. Returns False when nothing was done (tests, notebooks, a user's own GLIBC_TUNABLES,
-    another libc)."""
-    if TUNABLES_ENV in environ or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is None or not spec.name.startswith("jaxlm.") or not getattr(sys, "orig_argv", None):
-        return False
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**environ, TUNABLES_ENV: HUGE_PAGES_TUNABLE})
-    return True  # not reached: execve replaces the process
 
 
 def setup_command() -> None:

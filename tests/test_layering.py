@@ -10,7 +10,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Lowest first. A module may import its own layer and any layer below.
 LAYERS = {
-    "jaxlm.paths": 0, "jaxlm.cli": 0, "jaxlm.run_lock": 1,
+    "jaxlm.paths": 0, "jaxlm.huge_pages": 0, "jaxlm.cli": 0, "jaxlm.run_lock": 1,
     "jaxlm.sharding": 1,
     "jaxlm.layers": 2,
     "jaxlm.models": 3,
