@@ -71,6 +71,11 @@ def pretrain_config() -> ml_collections.ConfigDict:
         dataset="jaxlm_pydoc",  # jaxlm_pydoc (embedded, offline) | text_files | any prepared TFDS name (c4/en, ...)
         text_files="",  # dataset=text_files: a path, glob or comma-separated list
         document_separator="file",  # text_files: one document per 'file' or documents split by 'blank_line'
+        # text_files: the validation split. 'hash': documents by a hash of their key (validation_percent% of them;
+        # the same split on every machine); 'tail': the last validation_percent% of the characters (the files
+        # concatenated in sorted order, cut at a character, then split into documents), as nanoGPT splits.
+        validation_split="hash",
+        validation_percent=2.0,
         max_bad_document_fraction=0.01,  # text_files: above this share of documents with invalid UTF-8 / NUL, stop
         data_dir="",  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
         train_split="train",
@@ -110,12 +115,18 @@ def pretrain_config() -> ml_collections.ConfigDict:
         num_microbatches=1,  # gradient accumulation inside the jitted step
         log_every=50,
         eval_every=500,
-        eval_batches=10,
+        eval_batches=10,  # batches of the validation split per evaluation; 0 with eval_every > 0: the whole split
         checkpoint_every=500,
         keep_checkpoints=3,
         async_checkpointing=True,
         cpu_peak_flops=0.0,  # fp32 FLOP/s of this CPU for MFU; 0 = measure a matmul at start-up
         progress_bar=True,
+        # k train steps per compiled call (a scan over k stacked batches) wherever the next log / eval / checkpoint
+        # step is k or more steps away, one step otherwise; exact resume either way. Pays off where the step is
+        # short (small models on CPU: jaxlm/train/loop.py). Best chosen to divide log_every / eval_every /
+        # checkpoint_every / num_steps.
+        steps_per_call=1,
+        prefetch_batches=2,  # calls prepared ahead by a background thread (host batches read, stacked, on device)
         **accounting_keys(),
         # Start a new run from another run's latest state (params, optimizer, step), not its data position:
         # BERT's second phase (512 tokens) continues the first (128 tokens) this way. Ignored on resume.

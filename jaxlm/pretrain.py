@@ -3,9 +3,19 @@
 Override any key on the command line (`--config.train.num_steps=200`, `--config.model.num_layers=2`); a misspelt
 key is an error listing the valid ones. Re-running with the workdir of an earlier run resumes from its latest
 checkpoint, data iterator included. From a notebook: `jaxlm.pretrain.run(config, workdir)`.
+
+On Linux the command first restarts itself once with malloc's transparent huge pages (jaxlm.huge_pages), before
+its heavy imports so that the restart costs no import time.
 """
-import dataclasses
+# ruff: noqa: E402  (the restart comes before the heavy imports, so that it costs no import time)
 import sys
+
+from jaxlm.huge_pages import restart_with_huge_pages
+
+if __name__ == "__main__":
+    restart_with_huge_pages()
+
+import dataclasses
 
 import jax
 from absl import app, flags, logging
@@ -39,12 +49,15 @@ def define_flags():
 def check_train_section(config, process_count: int) -> None:
     """The run-length and batch keys, named when they cannot work."""
     t = config.train
-    for key in ("num_steps", "batch_size", "num_microbatches"):
+    for key in ("num_steps", "batch_size", "num_microbatches", "steps_per_call"):
         if t[key] < 1:
             raise ValueError(f"config.train.{key}={t[key]} must be >= 1")
-    for key in ("log_every", "eval_every", "eval_batches", "checkpoint_every"):
+    for key in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "prefetch_batches"):
         if t[key] < 0:
             raise ValueError(f"config.train.{key}={t[key]} must be >= 0 (0 turns it off)")
+    if t.eval_every and not t.eval_batches and process_count > 1:
+        raise ValueError("config.train.eval_batches=0 (the whole validation split) needs one process: with several, "
+                         "each would run its own number of eval steps; give a count")
     if t.batch_size % process_count:
         raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the {process_count} processes")
 
@@ -101,9 +114,11 @@ def _train(config, workdir: str, objective):
 
     loss_fn = objective.loss_fn(model)
     batch_sharding = sharding.batch_sharding(mesh)
-    train_step = train.jit_train_step(
-        train.make_train_step(loss_fn, tx, num_microbatches=config.train.num_microbatches, learning_rate_fn=schedule),
-        layout, batch_sharding, mesh, rules)
+    step_fn = train.make_train_step(loss_fn, tx, num_microbatches=config.train.num_microbatches,
+                                    learning_rate_fn=schedule)
+    train_step = train.jit_train_step(step_fn, layout, batch_sharding, mesh, rules)
+    steps_per_call = config.train.steps_per_call
+    train_steps = train.jit_train_steps(step_fn, layout, batch_sharding, mesh, rules) if steps_per_call > 1 else None
     stream = dict(batch_size=batch_size // process_count, seed=config.seed, process_index=process_index,
                   process_count=process_count)
     train_iter = objective.iterator(dataset, tokenizer, split=config.data.train_split, data_dir=data_dir(config.data),
@@ -112,7 +127,8 @@ def _train(config, workdir: str, objective):
     if config.train.eval_every or config.train.eval_batches:
         def eval_batches():
             return objective.eval_iterator(dataset, tokenizer, split=config.data.eval_split,
-                                           data_dir=data_dir(config.data), num_batches=config.train.eval_batches,
+                                           data_dir=data_dir(config.data),
+                                           num_batches=config.train.eval_batches or None,  # 0: the whole split
                                            **stream)
         eval_step = train.jit_eval_step(train.make_eval_step(loss_fn), layout, batch_sharding, mesh, rules)
         evaluate = train.BatchEvaluator(eval_step, eval_batches, mesh, batch_sharding)
@@ -130,7 +146,8 @@ def _train(config, workdir: str, objective):
         evaluate=evaluate, eval_every=config.train.eval_every, log_every=config.train.log_every,
         flops_per_step=flops_per_step, tokens_per_step=batch_size * objective.tokens_per_example,
         peak_flops_per_device=peak, config=saved_config, progress=config.train.progress_bar, extra_summary=baselines,
-        accounting=accounting_for_run(config.train, flops_per_step, mesh.devices.size))
+        accounting=accounting_for_run(config.train, flops_per_step, mesh.devices.size),
+        train_steps=train_steps, steps_per_call=steps_per_call, prefetch=config.train.prefetch_batches)
     manager.close()
     return summary
 

@@ -429,3 +429,44 @@ def test_pairs_per_document_multiplies_an_epoch(tok, pydoc, data_dir):
     for i in range(len(one)):  # the 3 copies of document i differ (A chunk, label or mask)
         rows = [three[3 * i + j]["inputs"][0].tobytes() for j in range(3)]
         assert len(set(rows)) > 1
+
+
+def test_tail_split_cuts_the_characters_as_nanogpt_and_keeps_hash_split_names(tmp_path):
+    """validation_split='tail': the last validation_percent% of the characters (files in sorted order) are the
+    validation split, cut at one character as nanoGPT's `data[:int(n*0.9)]`, then split into documents."""
+    from jaxlm.data.corpus import tail_split_offset
+
+    assert tail_split_offset(1_115_394, 10.0) == 1_003_854   # nanoGPT: "train has 1,003,854 tokens"
+    d = tmp_path / "plays"
+    d.mkdir()
+    (d / "a.txt").write_text("FIRST:\nOne speech.\n\nSECOND:\nAnother one.\n")
+    (d / "b.txt").write_text("THIRD:\nA speech cut across the two splits by the tail split.\n")
+    text = (d / "a.txt").read_text() + (d / "b.txt").read_text()
+    cut = tail_split_offset(len(text), 25.0)
+    prepared = prepare_text_files(str(d / "*.txt"), tmp_path / "tfds", document_separator="blank_line",
+                                  validation_split="tail", validation_percent=25.0)
+    train = [r["text"].decode() for r in prepared.source("train")]
+    val = [r["text"].decode() for r in prepared.source("validation")]
+    assert "".join(val) == text[cut:].strip() and len(val) == 1
+    assert sorted(train) == sorted(["FIRST:\nOne speech.", "SECOND:\nAnother one.", text[len(a := (
+        d / "a.txt").read_text()):cut].strip()]) and len(a) < cut
+    # one file, one document per file: still two splits (the cut makes them)
+    one = prepare_text_files(str(d / "b.txt"), tmp_path / "tfds", validation_split="tail", validation_percent=10.0)
+    assert len(one.source("train")) == len(one.source("validation")) == 1
+    # the default (hash) split keeps its dataset names: corpora prepared before are reused
+    assert prepare_text_files(str(d / "*.txt"), tmp_path / "tfds2").name != prepared.name
+    with pytest.raises(ValueError, match="validation_split"):
+        prepare_text_files(str(d / "*.txt"), tmp_path / "tfds", validation_split="last")
+
+
+def test_shakespeare_char_splits_as_nanogpt():
+    import os
+
+    from jaxlm.config_defaults import REPOSITORY, load_config_file, shared_data
+
+    config = load_config_file(os.path.join(REPOSITORY, "configs", "pretrain", "shakespeare_char.py"))
+    assert (config.data.validation_split, config.data.validation_percent) == ("tail", 10.0)
+    assert (config.train.eval_batches, config.train.steps_per_call) == (0, 10)
+    path = shared_data("tinyshakespeare", "input.txt")
+    if os.path.exists(path):
+        assert os.path.getsize(path) == 1_115_394

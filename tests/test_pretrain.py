@@ -298,3 +298,4 @@ def test_init_from_continues_another_runs_state_with_new_data_settings(tmp_path,
     _, start = final_params(first)
     assert step == 16
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
+

@@ -5,7 +5,8 @@ Three kinds of corpus, one read path (`load_data_source` -> `tfds.data_source`):
 - `jaxlm_pydoc`: the Python reference manual shipped with CPython (`pydoc_data.topics`); it
   exists on every machine, so quickstarts and tests run offline. Prepared on first use.
 - `jaxlm_text_files/<config>`: local text files (`prepare_text_files`); one document per file or
-  documents separated by blank lines.
+  documents separated by blank lines; validation by a hash of the documents, or the last part of the
+  characters (`validation_split='tail'`, as nanoGPT's shakespeare_char: the first 90% train).
 - any TFDS catalog dataset already prepared as array_record (`c4/en`, `wikipedia/...`, `lm1b`).
 
 TFDS 4.9.10 prepares GeneratorBasedBuilders without TensorFlow when file_format='array_record'
@@ -222,6 +223,44 @@ def _text_file_documents(files: Sequence[str], separator: str, stats: DataStats 
             yield f"{rel}:{i}", text
 
 
+def tail_split_offset(num_chars: int, validation_percent: float) -> int:
+    """The first validation character of a `validation_split='tail'` corpus of num_chars characters: the train
+    part is text[:offset], as nanoGPT's `data[:int(n*0.9)]` for 10%."""
+    return int(num_chars * (1.0 - validation_percent / 100.0))
+
+
+def _tail_split_documents(files: Sequence[str], separator: str, validation_percent: float,
+                          stats: DataStats | None) -> Iterator[tuple[str, str, str]]:
+    """(split, key, text) per document when the last validation_percent% of the characters are the validation
+    split: the files' texts (UTF-8 repaired, CRLF as LF) in sorted order are cut at one character, then each
+    part of each file is split into documents (file boundaries stay document boundaries)."""
+    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    texts = []
+    for path in files:
+        with open(path, "rb") as f:
+            raw = f.read()
+        replaced_before = stats.invalid_utf8_replaced if stats is not None else 0
+        texts.append(decode_text(raw, stats).replace("\r\n", "\n"))
+        if stats is not None and (b"\0" in raw or stats.invalid_utf8_replaced > replaced_before):
+            if b"\0" in raw:
+                stats.add("nul_bytes")
+            stats.add_bad(f"{path} (the file)")
+    cut = tail_split_offset(sum(len(t) for t in texts), validation_percent)
+    start = 0
+    for path, text in zip(files, texts):
+        rel = os.path.relpath(path, root)
+        parts = (("train", text[:max(0, cut - start)]), ("validation", text[max(0, cut - start):]))
+        start += len(text)
+        for split, part in parts:
+            chunks = [part] if separator == "file" else re.split(r"\n[ \t\r]*\n", part.strip())
+            for i, chunk in enumerate(chunks):
+                chunk = chunk.strip()
+                if chunk:
+                    yield split, f"{rel}:{split}:{i}", chunk
+                elif part and stats is not None:
+                    stats.add("empty_skipped")
+
+
 def _pieces(key: str, text: str, max_chars: int, stats: DataStats | None
             ) -> Iterator[tuple[str, dict]]:
     pieces = split_long_text(text, max_chars)
@@ -321,6 +360,7 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     files: tuple = ()
     document_separator: str = "file"  # 'file': one document per file; 'blank_line'
     validation_percent: float = 2.0
+    validation_split: str = "hash"  # 'hash': documents by key hash; 'tail': the last validation_percent% of chars
     max_document_chars: int = 100_000
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
 
@@ -336,8 +376,36 @@ class JaxlmTextFiles(_DocumentsBuilder):
                                      description=f"Local text files: {len(self.builder_config.files)}")
 
     def _documents(self, stats):
-        return _text_file_documents(list(self.builder_config.files),
-                                    self.builder_config.document_separator, stats)
+        cfg = self.builder_config
+        if cfg.validation_split == "tail":
+            return ((key, text) for _, key, text in
+                    _tail_split_documents(list(cfg.files), cfg.document_separator, cfg.validation_percent, stats))
+        return _text_file_documents(list(cfg.files), cfg.document_separator, stats)
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        if cfg.validation_split != "tail":
+            return super()._split_generators(dl_manager)
+        self.jaxlm_stats = DataStats()
+        splits = [split for split, _, _ in _tail_split_documents(list(cfg.files), cfg.document_separator,
+                                                                  cfg.validation_percent, self.jaxlm_stats)]
+        self._check_documents(len(splits), self.jaxlm_stats)
+        for split in ("train", "validation"):
+            if split not in splits:
+                raise ValueError(f"text files: validation_split='tail' with validation_percent="
+                                 f"{cfg.validation_percent:g} leaves the {split} split empty")
+        return {split: self._generate_tail_examples(split) for split in ("train", "validation")}
+
+    def _generate_tail_examples(self, split: str):
+        cfg, count = self.builder_config, 0
+        for doc_split, key, text in _tail_split_documents(list(cfg.files), cfg.document_separator,
+                                                          cfg.validation_percent, None):
+            if doc_split == split:
+                for piece_key, example in _pieces(key, text, cfg.max_document_chars, self.jaxlm_stats):
+                    count += 1
+                    yield piece_key, example
+        self.jaxlm_stats.split_documents[split] = count
+        self.jaxlm_stats.add("documents", count)
 
     def _validation_percent(self):
         return self.builder_config.validation_percent
@@ -357,7 +425,7 @@ class JaxlmTextFiles(_DocumentsBuilder):
                 f"text files {named}: {stats.bad_documents} of {num_documents} documents ({fraction:.1%}) hold "
                 f"invalid UTF-8 or NUL bytes, more than config.data.max_bad_document_fraction="
                 f"{cfg.max_bad_fraction:g}: is this text? e.g. {', '.join(stats.bad_examples)}")
-        if num_documents == 1:
+        if num_documents == 1 and cfg.validation_split != "tail":  # (a tail split cuts every corpus in two)
             raise ValueError(
                 f"text files {named}: one document, so nothing is left for a validation split: give several "
                 "files, or separate the documents of one file by blank lines "
@@ -442,10 +510,14 @@ def prepare_text_files(
     validation_percent: float = 2.0,
     max_document_chars: int = 100_000,
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    validation_split: str = "hash",
 ) -> PreparedCorpus:
     """Prepares local text files as `jaxlm_text_files/<name>` array_record data in data_dir.
 
     files: path, glob, comma-separated list, or list of them.
+    validation_split: 'hash' (validation_percent% of the documents, by a hash of their key) or 'tail' (the last
+      validation_percent% of the characters of the files concatenated in sorted order, cut at one character;
+      each part then split into documents; nanoGPT's shakespeare_char split at 10).
     name: the config name; default is a hash of the file list and options (file sizes and
       modification times included), so a changed corpus never reuses stale data.
     max_bad_fraction: the share of documents with invalid UTF-8 or NUL bytes above which preparation stops.
@@ -453,6 +525,10 @@ def prepare_text_files(
     if document_separator not in ("file", "blank_line"):
         raise ValueError(f"prepare_text_files: document_separator must be 'file' or 'blank_line', "
                          f"got {document_separator!r}")
+    if validation_split not in ("hash", "tail"):
+        raise ValueError(f"prepare_text_files: validation_split must be 'hash' or 'tail', got {validation_split!r}")
+    if not 0 < validation_percent < 100:
+        raise ValueError(f"prepare_text_files: validation_percent={validation_percent} must be in (0, 100)")
     paths = _expand(files)
     if name is None:
         h = hashlib.sha1()
@@ -460,12 +536,14 @@ def prepare_text_files(
             st = os.stat(p)
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         h.update(f"{document_separator}\0{validation_percent}\0{max_document_chars}".encode())
+        if validation_split != "hash":  # (so the names of hash-split corpora prepared before stay the same)
+            h.update(f"\0{validation_split}".encode())
         name = "h" + h.hexdigest()[:12]
     if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
         raise ValueError(f"prepare_text_files: name {name!r} must match [A-Za-z0-9_.-]+")
     config = TextFilesConfig(name=name, version="1.0.0", files=tuple(paths),
                              document_separator=document_separator,
-                             validation_percent=validation_percent,
+                             validation_percent=validation_percent, validation_split=validation_split,
                              max_document_chars=max_document_chars,
                              max_bad_fraction=max_bad_fraction)
     builder = JaxlmTextFiles(config=config, data_dir=data_dir, file_format="array_record")

@@ -33,6 +33,8 @@ def prepare_dataset(data: Mapping[str, Any]) -> str:
             raise ValueError("config.data.dataset='text_files' needs config.data.text_files (a path or glob)")
         return corpus.prepare_text_files(data["text_files"], data_dir(data),
                                          document_separator=data["document_separator"],
+                                         validation_split=data.get("validation_split", "hash"),
+                                         validation_percent=data.get("validation_percent", 2.0),
                                          max_bad_fraction=data.get("max_bad_document_fraction",
                                                                    corpus.DEFAULT_MAX_BAD_FRACTION)).name
     return data["dataset"]

@@ -9,15 +9,25 @@
 - SIGTERM (preemption) sets a flag; at the next step boundary the loop saves the current step, waits
   for the write and returns with status 'preempted'. With several processes, the step to save is
   agreed through JAX's preemption sync point instead (JAX's coordination service owns SIGTERM there).
+- `prefetch` > 0: a background thread reads the next host batches, stacks them and puts them on the devices
+  while the current step computes; it records the iterator's position after every call, so a checkpoint holds
+  the position of the batches the loop has used (not of those read ahead), and the iterator is moved back there
+  when the loop returns.
+- `steps_per_call` = k > 1 (with `train_steps`, `jit_train_steps`): k steps per compiled call, a scan over k
+  stacked batches. A call never crosses a log / eval / checkpoint step or the end: it starts at a multiple of k
+  and runs k steps when the next such boundary is at least k steps away, else one step (`train_step`). Which
+  program runs a step depends on the step number and the config alone, so a resumed run repeats the
+  uninterrupted one's calls exactly; preemption is checked between calls.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -29,6 +39,7 @@ from jaxlm.train import checkpoint as ckpt
 from jaxlm.train import metrics as mx
 from jaxlm.train.accounting import Accounting
 from jaxlm.train.evaluation import Evaluator, to_global
+from jaxlm.train.step import stacked_sharding
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +101,121 @@ def _should_stop(flag: _StopFlag, step: int) -> bool:
     return flag.requested
 
 
+def steps_per_call_plan(steps_per_call: int, num_steps: int, intervals: tuple[int, ...]) -> Callable[[int], int]:
+    """step -> how many steps the call starting there runs: `steps_per_call` when step is a multiple of it and
+    the next boundary (a multiple of an interval, or num_steps) is that far away or further; else 1."""
+    k = steps_per_call
+    intervals = tuple(i for i in intervals if i > 0)
+
+    def plan(step: int) -> int:
+        if k <= 1 or step % k:
+            return 1
+        boundary = min([num_steps] + [(step // i + 1) * i for i in intervals])
+        return k if step + k <= boundary else 1
+
+    return plan
+
+
+class _Call(NamedTuple):
+    steps: int               # 1: one batch for train_step; k > 1: k stacked batches for train_steps
+    batch: Mapping[str, Any]  # global arrays
+    position: Any            # train_iter.get_state() after this call's batches (None: not tracked)
+
+
+_END = object()
+
+
+class _Position:
+    """What a checkpoint saves as the data position: the iterator state after the last batch the loop used."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def get_state(self):
+        return self.state
+
+
+class _Feed:
+    """The loop's calls in order: host batches read from `train_iter` (stacked by `plan`) and put on the devices,
+    in the loop's thread (`ahead` = 0) or by a background thread that stays up to `ahead` calls ahead. With the
+    thread the iterator's position after each call is recorded (`train_iter.get_state()`, read in the thread)."""
+
+    def __init__(self, train_iter: Iterator, start_step: int, num_steps: int, plan: Callable[[int], int],
+                 to_device: Callable, stack_to_device: Callable, ahead: int):
+        self._it, self._step, self._num_steps, self._plan = train_iter, start_step, num_steps, plan
+        self._to_device, self._stack_to_device = to_device, stack_to_device
+        self.threaded = ahead > 0
+        self.position: Any = None   # after the calls taken so far (threaded)
+        if self.threaded:
+            self.position = train_iter.get_state()
+            self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="jaxlm-prefetch", daemon=True)
+            self._thread.start()
+        else:
+            self._calls = self._produce()
+
+    def _produce(self) -> Iterator[_Call]:
+        track = self.threaded
+        while self._step < self._num_steps:
+            n = self._plan(self._step)
+            batches, positions = [], []
+            for _ in range(n):
+                try:
+                    batches.append(next(self._it))
+                except StopIteration:
+                    break
+                positions.append(self._it.get_state() if track else None)
+            if len(batches) < n:  # the data ran out inside a stacked call: its batches go one by one
+                for batch, position in zip(batches, positions):
+                    yield _Call(1, self._to_device(batch), position)
+                return
+            self._step += n
+            yield _Call(n, self._to_device(batches[0]) if n == 1 else self._stack_to_device(batches), positions[-1])
+
+    def _run(self) -> None:
+        try:
+            for call in self._produce():
+                if not self._put(call):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the loop's thread)
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> _Call | None:
+        """The next call, None when the data ran out (or num_steps is reached)."""
+        if not self.threaded:
+            return next(self._calls, None)
+        item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # idempotent end
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        self.position = item.position
+        return item
+
+    def close(self) -> None:
+        """Stops the thread; the iterator goes back to the position of the last call taken (set_state)."""
+        if not self.threaded:
+            return
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            log.warning("the prefetch thread is still reading a batch; the data iterator's position is not reset")
+        elif self.position is not None and hasattr(self._it, "set_state"):
+            self._it.set_state(self.position)
+
+
 def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str, Any]], num_steps: int,
           workdir: str, mesh: Mesh, batch_sharding: NamedSharding | None = None,
           checkpoint_manager: ocp.CheckpointManager | None = None, checkpoint_every: int = 1000,
@@ -98,6 +224,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
           peak_flops_per_device: float | None = None, config: Any = None,
           progress: bool = True, tensorboard: bool = True, handle_sigterm: bool = True,
           extra_summary: Mapping[str, Any] | None = None, accounting: Accounting | None = None,
+          train_steps: Callable | None = None, steps_per_call: int = 1, prefetch: int = 0,
           ) -> dict[str, Any]:
     """Trains until `state.step == num_steps`; returns the run summary (also in workdir/summary.json).
 
@@ -115,6 +242,10 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
     extra_summary: more entries for the summary (e.g. a baseline to read the final eval against).
     accounting: device-hours, energy and CO2e (jaxlm.train.accounting), from the first step after compilation:
       logged with the train metrics and under 'accounting' in the summary.
+    train_steps / steps_per_call: `jit_train_steps(...)` result and k: k steps per call where the log / eval /
+      checkpoint steps allow (module docstring); intervals that k divides keep every call at k steps.
+    prefetch: calls a background thread prepares ahead (host batches read, stacked, put on the devices); 0
+      reads each batch in the loop's thread when it is due. Needs `get_state`/`set_state` on train_iter (else 0).
 
     Summary 'status': 'completed', 'preempted' (SIGTERM: checkpoint saved at 'final_step') or
     'data_exhausted'. A non-finite loss raises NonFiniteLossError instead. The returned dict also
@@ -136,16 +267,31 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                      restored.data_iter_restored)
     step = int(jax.device_get(state.step))
     start_step = step
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
+    if steps_per_call > 1 and train_steps is None:
+        raise ValueError("steps_per_call > 1 needs train_steps (jaxlm.train.jit_train_steps)")
+    plan = steps_per_call_plan(steps_per_call, num_steps,
+                               (max(log_every, 1), eval_every if evaluate is not None else 0, checkpoint_every))
+    stacked = stacked_sharding(batch_sharding)
+
+    def stack_to_device(batches):
+        if all(isinstance(v, jax.Array) for v in batches[0].values()):
+            return {k: jax.numpy.stack([b[k] for b in batches]) for k in batches[0]}
+        host = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+        return {k: jax.make_array_from_process_local_data(stacked, v) for k, v in host.items()}
+
+    can_rewind = hasattr(train_iter, "get_state") and hasattr(train_iter, "set_state")
 
     writer = mx.MetricWriter(workdir, tensorboard=tensorboard)
     bar = mx.ProgressBar(num_steps, initial=step, enabled=progress)
-    pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet fetched
+    pending: list[tuple[int, int, dict]] = []   # (last step, steps, device metrics) of calls not yet fetched
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] | None = None
     eval_at = -1
     saved_step = checkpoint_manager.latest_step() if checkpoint_manager is not None else None
     status = "completed"
-    timing = {"first_step_s": None, "steady_s": 0.0, "steady_steps": 0}
+    timing = {"first_step_s": None, "steady_s": 0.0, "steady_steps": 0, "first_call_steps": 1}
     t_interval, paused, interval_steps = time.perf_counter(), 0.0, 0
 
     def flush_and_check() -> None:
@@ -153,8 +299,13 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
         nonlocal pending, t_interval, paused, interval_steps, last_train
         if not pending:
             return
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
+        fetched, steps = [], []
+        for (last, n, _), m in zip(pending, jax.device_get([m for _, _, m in pending])):
+            if n == 1:
+                fetched.append(m)
+            else:  # a stacked call: one entry per step
+                fetched.extend({k: v[i] for k, v in m.items()} for i in range(n))
+            steps.extend(range(last - n + 1, last + 1))
         pending = []
         for s, m in zip(steps, fetched):
             if not m.get("is_finite", 1.0) or not np.isfinite(m["loss"]):
@@ -179,7 +330,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                 means["tflops_per_s_per_device"] = flops_per_step / step_time / num_devices / 1e12
                 means["mfu"] = mx.mfu(flops_per_step, step_time, peak_flops_per_device, num_devices)
         if accounting is not None and timing["first_step_s"] is not None:
-            means.update(accounting.update(steps[-1], steps[-1] - start_step - 1))
+            means.update(accounting.update(steps[-1], steps[-1] - start_step - timing["first_call_steps"]))
         last_train = means
         writer.write(steps[-1], means, "train")
         bar.show(means)
@@ -198,7 +349,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
             return
         t = time.perf_counter()
         metrics = last_eval if eval_at == step else None
-        if ckpt.save_checkpoint(checkpoint_manager, step, state, data_iter=train_iter, config=config,
+        position = _Position(feed.position) if feed is not None and feed.threaded else train_iter
+        if ckpt.save_checkpoint(checkpoint_manager, step, state, data_iter=position, config=config,
                                 metrics=metrics):
             saved_step = step
         if wait:
@@ -206,31 +358,35 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
         paused += time.perf_counter() - t
 
     flag = _StopFlag()
+    feed = None
     try:
         with flag.installed(handle_sigterm and jax.process_count() == 1):
+            feed = _Feed(train_iter, step, num_steps, plan, lambda b: to_global(b, mesh, batch_sharding),
+                         stack_to_device, prefetch if can_rewind else 0)
             while step < num_steps:
                 if _should_stop(flag, step):
                     status = "preempted"
                     break
-                try:
-                    batch = next(train_iter)
-                except StopIteration:
+                call = feed.next()
+                if call is None:
                     status = "data_exhausted"
                     log.warning("training data ran out at step %d of %d", step, num_steps)
                     break
-                state, metrics = train_step(state, to_global(batch, mesh, batch_sharding))
-                step += 1
-                pending.append((step, metrics))
-                bar.update()
-                if timing["first_step_s"] is None:  # compile + first step, kept out of throughput
+                n = call.steps
+                state, metrics = (train_step if n == 1 else train_steps)(state, call.batch)
+                step += n
+                pending.append((step, n, metrics))
+                bar.update(n)
+                if timing["first_step_s"] is None:  # compile + first call, kept out of throughput
                     jax.block_until_ready(metrics)
                     timing["first_step_s"] = time.perf_counter() - t_begin
+                    timing["first_call_steps"] = n
                     if accounting is not None:  # from here: compilation is not accounted as training
                         accounting.start()
                     flush_and_check()
                     timing["steady_s"], timing["steady_steps"] = 0.0, 0
                 else:
-                    interval_steps += 1
+                    interval_steps += n
                 last = step == num_steps
                 do_eval = evaluate is not None and (last or (eval_every and step % eval_every == 0))
                 do_ckpt = last or (checkpoint_every and step % checkpoint_every == 0)
@@ -245,6 +401,8 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
                 # Preempted / out of data / nothing to do: make sure the current step is on disk.
                 save(wait=True)
     finally:
+        if feed is not None:
+            feed.close()
         if checkpoint_manager is not None:
             checkpoint_manager.wait_until_finished()
         bar.close()
@@ -276,7 +434,7 @@ def train(*, state: Any, train_step: Callable, train_iter: Iterator[Mapping[str,
         **(extra_summary or {}),
     }
     if accounting is not None and timing["first_step_s"] is not None:
-        summary["accounting"] = accounting.summary(step - start_step - 1)  # the steps after compilation
+        summary["accounting"] = accounting.summary(step - start_step - timing["first_call_steps"])  # after compiling
     if is_main:
         mx.write_summary(workdir, summary, echo=progress)
     summary["state"] = state

@@ -201,6 +201,34 @@ def jit_train_step(step_fn, state_shardings: StateLayout | TrainState, batch_sha
     return run
 
 
+def stacked_sharding(batch_sharding: NamedSharding) -> NamedSharding:
+    """The sharding of `steps` batches stacked on a new leading axis: that axis unsharded, each batch as before."""
+    return NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
+
+
+def jit_train_steps(step_fn, state_shardings: StateLayout | TrainState, batch_sharding: NamedSharding,
+                    mesh: Mesh, rules: Sequence = shd.DEFAULT_RULES, constrain_activations: bool = True):
+    """Several train steps in one compiled call: `run(state, batches) -> (state, metrics)` where every entry of
+    `batches` stacks the steps' batches on a leading axis ([steps, B, ...], sharded by `stacked_sharding`) and
+    every metric comes back stacked the same way ([steps]). A `jax.lax.scan` of `step_fn` (the function
+    `jit_train_step` compiles), the state donated: one dispatch, one temp allocation and one host round trip per
+    call instead of per step. The loop uses it for `steps_per_call` > 1 (jaxlm.train.loop.train)."""
+    def steps(state, batches):
+        return jax.lax.scan(step_fn, state, batches)
+
+    jitted = jax.jit(steps,
+                     in_shardings=(_state_shardings(state_shardings), stacked_sharding(batch_sharding)),
+                     out_shardings=(_state_shardings(state_shardings), shd.replicated(mesh)),
+                     donate_argnums=0)
+
+    def run(state, batches):
+        with shd.mesh_context(mesh, rules, constrain_activations):
+            return jitted(state, batches)
+
+    run.jitted = jitted
+    return run
+
+
 def jit_eval_step(eval_fn, state_shardings: StateLayout | TrainState, batch_sharding: NamedSharding,
                   mesh: Mesh, rules: Sequence = shd.DEFAULT_RULES, constrain_activations: bool = True):
     """jax.jit of `make_eval_step(...)`: params keep their sharding, sums come back replicated."""
