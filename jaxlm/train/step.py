@@ -216,17 +216,7 @@ def jit_train_steps(step_fn, state_shardings: StateLayout | TrainState, batch_sh
     def steps(state, batches):
         return jax.lax.scan(step_fn, state, batches)
 
-    jitted = jax.jit(steps,
-                     in_shardings=(_state_shardings(state_shardings), stacked_sharding(batch_sharding)),
-                     out_shardings=(_state_shardings(state_shardings), shd.replicated(mesh)),
-                     donate_argnums=0)
-
-    def run(state, batches):
-        with shd.mesh_context(mesh, rules, constrain_activations):
-            return jitted(state, batches)
-
-    run.jitted = jitted
-    return run
+    return jit_train_step(steps, state_shardings, stacked_sharding(batch_sharding), mesh, rules, constrain_activations)
 
 
 def jit_eval_step(eval_fn, state_shardings: StateLayout | TrainState, batch_sharding: NamedSharding,
