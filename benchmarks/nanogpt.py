@@ -49,7 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from machine import cpu_snapshot, print_table, system_line  # noqa: E402  (benchmarks/machine.py)
 
-INPUT = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt")
+from jaxlm.config_defaults import shared_data  # noqa: E402
+
+INPUT = shared_data("tinyshakespeare", "input.txt")  # the path the config reads ($JAXLM_SHARED_DATA or ../shared/data)
 CONFIG = os.path.join("configs", "pretrain", "shakespeare_char.py")
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config")
 README_RECIPE = ("--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
