@@ -42,8 +42,10 @@ if ROOT not in sys.path:
 
 from machine import cpu_snapshot, print_table, system_line  # noqa: E402  (benchmarks/machine.py)
 
+from jaxlm.config_defaults import shared_data  # noqa: E402
+
 PACKAGES = ("jax", "jaxlib", "flax", "torch", "transformers")
-SST2_TRAIN = os.path.join(os.path.dirname(ROOT), "shared", "data", "glue", "SST-2", "train.tsv")
+SST2_TRAIN = shared_data("glue", "SST-2", "train.tsv")  # $JAXLM_SHARED_DATA or ../shared/data
 MODELS = {"mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
           "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)}
 BATCH, MAX_LEN, VOCAB, LR = 32, 128, 30522, 2e-5
