@@ -49,4 +49,5 @@ def get_config():
     c.train.eval_batches = 0  # the whole validation split (nanoGPT's estimate_loss: 20 random batches of it)
     c.train.checkpoint_every = 1000
     c.train.steps_per_call = 10  # at this size the step is short: 10 steps per compiled call (a scan)
+    c.train.prefetch_batches = 2  # the next calls' batches read and put on the device by a background thread
     return c
