@@ -11,9 +11,9 @@ import pytest
 from jaxlm import sharding as shd
 from jaxlm.train import checkpoint as ckpt
 from jaxlm.train import metrics as mx
-from jaxlm.train.loop import steps_per_call_plan, train
+from jaxlm.train.loop import steps_per_call_plan
 from jaxlm.train.step import jit_train_steps, make_train_step
-from tests.test_train import SCHEDULE, TX, B, BatchIterator, L, fresh_state, make_loss
+from tests.test_train import SCHEDULE, TX, BatchIterator, _run_loop, make_loss
 from tests.test_train import setup as loop_setup
 
 MESH = "8x1x1"
@@ -26,17 +26,7 @@ def _train_steps():
 
 
 def _run(workdir, num_steps, iterator, **kw):
-    mesh, _, step, _ = loop_setup(MESH)
-    manager = ckpt.make_checkpoint_manager(str(workdir), max_to_keep=3)
-    kw.setdefault("checkpoint_every", 4)
-    kw.setdefault("log_every", 1)
-    try:
-        return train(state=fresh_state(MESH), train_step=step, train_iter=iterator, num_steps=num_steps,
-                     workdir=str(workdir), mesh=mesh, checkpoint_manager=manager, flops_per_step=1e9,
-                     tokens_per_step=B * L, peak_flops_per_device=1e10, progress=False, tensorboard=False,
-                     config={"run": "test"}, **kw)
-    finally:
-        manager.close()
+    return _run_loop(workdir, num_steps, iterator, MESH, tensorboard=False, **kw)
 
 
 def _losses(workdir):
